@@ -1,0 +1,300 @@
+"""The one frozen TrainingConfig, its JSON form, and the checks run before anything is built."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import tyro
+
+from toolbox.criteria import CRITERIA, CriterionConfig
+from toolbox.criteria.cross_entropy import CrossEntropy
+from toolbox.datasets import DATASETS, DatasetConfig
+from toolbox.datasets.digits import Digits
+from toolbox.errors import UserError
+from toolbox.metrics import METRICS
+from toolbox.models import MODELS, ModelConfig
+from toolbox.models.mlp import MLP
+from toolbox.optimizers import OPTIMIZERS, OptimizerConfig
+from toolbox.optimizers.adam import AdamW
+from toolbox.registry import Registry
+from toolbox.schedulers import SCHEDULERS, SchedulerConfig
+from toolbox.schedulers.schedules import Cosine
+
+
+def _show_default(shown: str) -> str:
+    """tyro renders a constructor_factory default as "['mlp']"; show it as typed: mlp."""
+    try:
+        value = ast.literal_eval(shown)
+    except (ValueError, SyntaxError):
+        return f"(default: {shown})"
+    return f"(default: {' '.join(map(str, value)) if isinstance(value, list) else value})"
+
+
+def _selector(registry: Registry) -> Any:
+    """A str field whose choices are read from the registry when the parser is built."""
+    return tyro.conf.arg(
+        constructor_factory=lambda: Literal[tuple(registry.names())],
+        help_behavior_hint=_show_default,
+    )
+
+
+MetricNames = Annotated[
+    tuple[str, ...],
+    tyro.conf.arg(
+        constructor_factory=lambda: tuple[Literal[tuple(METRICS.names())], ...],
+        help_behavior_hint=_show_default,
+    ),
+]
+
+# Component slots and the selector field that names each one's registered class.
+SLOTS: dict[str, tuple[str, Registry]] = {
+    "model": ("arch", MODELS),
+    "data": ("dataset", DATASETS),
+    "optim": ("optimizer", OPTIMIZERS),
+    "sched": ("scheduler", SCHEDULERS),
+    "loss": ("criterion", CRITERIA),
+}
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Train a model. Pick components with the selectors; their options follow in groups."""
+
+    arch: Annotated[str, _selector(MODELS)] = "mlp"
+    """Model architecture; its options are listed under --model.* (see --arch NAME --help)."""
+    dataset: Annotated[str, _selector(DATASETS)] = "digits"
+    """Dataset; its options are listed under --data.*."""
+    optimizer: Annotated[str, _selector(OPTIMIZERS)] = "adamw"
+    """Optimizer; its options are listed under --optim.*."""
+    scheduler: Annotated[str, _selector(SCHEDULERS)] = "cosine"
+    """Learning-rate schedule; its options are listed under --sched.*."""
+    criterion: Annotated[str, _selector(CRITERIA)] = "cross_entropy"
+    """Training loss; its options are listed under --loss.*."""
+    metrics: MetricNames = ("accuracy",)
+    """Metrics computed on every evaluation, over the whole split."""
+
+    epochs: int = 20
+    """Total number of epochs (on resume: the new total, counting the epochs already done)."""
+    batch_size: int = 64
+    """Training batch size, in samples per forward pass."""
+    eval_batch_size: int = 512
+    """Evaluation batch size, in samples."""
+    grad_accum: int = 1
+    """Batches whose gradients are summed into one optimizer step."""
+    clip_grad: float | None = None
+    """Clip the gradients' global L2 norm to this value before each step (None: no clipping)."""
+    seed: int = 0
+    """Seed of python, numpy and torch random number generators."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast precision of forward passes; fp16 also scales the loss."""
+    compile: bool = False
+    """Compile the model with torch.compile (first steps are slower while it compiles)."""
+    num_workers: int = 0
+    """Worker processes for datasets served through a DataLoader (--data.loader dataloader)."""
+    eval_every: int = 1
+    """Epochs between two evaluations on the validation split (the last epoch always is)."""
+    log_every: int = 50
+    """Optimizer steps between two progress updates of the loss (each costs one host sync)."""
+    monitor: str = "val_loss"
+    """Validation metric that picks model_best.pth.tar: val_loss or val_<metric>; lower is
+    better for losses and errors, higher for accuracies."""
+
+    output_dir: Path = Path("outputs")
+    """Directory that holds one sub-directory per run."""
+    run_name: str | None = None
+    """Name of the run's directory (None: the start time as YYMMDD_HHMMSS)."""
+    resume: Path | None = None
+    """checkpoint.pth.tar of a run to continue; its config is restored, flags override it."""
+
+    model: ModelConfig = field(default_factory=MLP)
+    data: DatasetConfig = field(default_factory=Digits)
+    optim: OptimizerConfig = field(default_factory=AdamW)
+    sched: SchedulerConfig = field(default_factory=Cosine)
+    loss: CriterionConfig = field(default_factory=CrossEntropy)
+
+    @property
+    def monitor_mode(self) -> Literal["min", "max"]:
+        """Whether a lower ("min") or higher ("max") value of the monitored metric is better."""
+        if self.monitor == "val_loss":
+            return "min"
+        metric = METRICS.get(self.monitor.removeprefix("val_"))
+        return "max" if metric.higher_is_better else "min"
+
+
+def with_components(config: TrainingConfig, **names: str) -> TrainingConfig:
+    """``config`` with the named selectors changed and each changed slot at its defaults."""
+    changes: dict[str, Any] = {}
+    for slot, (selector, registry) in SLOTS.items():
+        name = names.get(selector)
+        if name is not None and name != getattr(config, selector):
+            changes[selector] = name
+            changes[slot] = registry.get(name)()
+    return dataclasses.replace(config, **changes)
+
+
+def problems(config: TrainingConfig) -> list[str]:
+    """Every problem with ``config``, each naming the option, its value and the fix."""
+    found = []
+    for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "eval_every",
+                 "log_every"):
+        value = getattr(config, name)
+        if value < 1:
+            found.append(f"--{name.replace('_', '-')} is {value}; it must be at least 1.")
+    if config.num_workers < 0:
+        found.append(f"--num-workers is {config.num_workers}; it must be 0 or more.")
+    if config.clip_grad is not None and config.clip_grad <= 0:
+        found.append(
+            f"--clip-grad is {config.clip_grad}; give a positive norm (e.g. 1.0) or None."
+        )
+    if not DEVICE_PATTERN.fullmatch(config.device):
+        found.append(
+            f"--device is {config.device!r}; use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps."
+        )
+    if config.run_name is not None and (
+        not config.run_name or "/" in config.run_name or config.run_name in (".", "..")
+    ):
+        found.append(
+            f"--run-name is {config.run_name!r}; give a plain directory name (no '/')."
+        )
+    for slot in SLOTS:
+        found.extend(getattr(config, slot).problems())
+
+    task = config.data.task
+    if task not in config.loss.tasks:
+        found.append(
+            f"--criterion {config.criterion} does not apply to the {task} dataset "
+            f"{config.dataset!r}; use one of: "
+            + ", ".join(n for n in CRITERIA.names() if task in CRITERIA.get(n).tasks)
+            + "."
+        )
+    for name in config.metrics:
+        if task not in METRICS.get(name).tasks:
+            found.append(
+                f"--metrics {name} does not apply to the {task} dataset {config.dataset!r}; "
+                "use some of: "
+                + ", ".join(n for n in METRICS.names() if task in METRICS.get(n).tasks)
+                + "."
+            )
+    if len(set(config.metrics)) != len(config.metrics):
+        found.append(f"--metrics {' '.join(config.metrics)} names a metric twice.")
+    allowed = ["val_loss"] + [f"val_{name}" for name in config.metrics]
+    if config.monitor not in allowed:
+        found.append(
+            f"--monitor is {config.monitor!r}; it must be one of {', '.join(allowed)} "
+            "(a metric must also be listed in --metrics)."
+        )
+    return found
+
+
+def validate(config: TrainingConfig) -> None:
+    found = problems(config)
+    if found:
+        raise UserError("Invalid configuration:\n  - " + "\n  - ".join(found))
+
+
+# --- JSON form -------------------------------------------------------------------------------
+
+
+def to_plain(value: Any) -> Any:
+    """A config as plain JSON values: dataclasses become dicts, tuples lists, paths strings."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [to_plain(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    """``value`` read from JSON, converted to the field type ``hint`` (or an error)."""
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return _convert(typing.get_args(hint)[0], value, where)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _convert(options[0], value, where)
+    if origin is tuple and isinstance(value, list):
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], item, where) for item in value)
+        if len(args) == len(value):
+            return tuple(_convert(arg, item, where) for arg, item in zip(args, value, strict=True))
+    elif origin is Literal and value in typing.get_args(hint):
+        return value
+    elif hint is Path and isinstance(value, str):
+        return Path(value)
+    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise UserError(f"{where} is {value!r}, which is not a valid {_type_name(hint)}.")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _from_plain(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must be a JSON object, not {data!r}.")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise UserError(
+            f"{where} has unknown keys {unknown}; "
+            f"{cls.__name__} takes: {', '.join(sorted(fields))}."
+        )
+    return cls(
+        **{key: _convert(hints[key], value, f"{where}.{key}") for key, value in data.items()}
+    )
+
+
+def from_plain(data: Any, source: str = "config") -> TrainingConfig:
+    """The TrainingConfig that ``to_plain`` gave ``data``, checked key by key."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source} must be a JSON object, not {type(data).__name__}.")
+    data = dict(data)
+    slots = {}
+    for slot, (selector, registry) in SLOTS.items():
+        name = data.get(selector, getattr(TrainingConfig, selector))
+        if name not in registry:
+            raise UserError(f"{source}: {registry.unknown_message(name)}")
+        slots[slot] = _from_plain(registry.get(name), data.pop(slot, {}), f"{source}: {slot}")
+    return dataclasses.replace(_from_plain(TrainingConfig, data, source), **slots)
+
+
+# --- Resume ----------------------------------------------------------------------------------
+
+# What a resumed run cannot change: the model and data it was trained on, the optimizer and
+# schedule whose states it carries, and what its records are keyed by.
+FIXED_ON_RESUME = (
+    "arch", "dataset", "optimizer", "scheduler", "criterion", "metrics", "monitor", "seed",
+    "model", "output_dir", "run_name",
+)
+# Data options that may change on resume because they do not change which samples are seen.
+DATA_OPTIONS_FREE_ON_RESUME = ("root", "download", "loader")
+
+
+def resume_conflicts(saved: TrainingConfig, new: TrainingConfig) -> list[str]:
+    """The options ``new`` changes that a resumed run must keep as ``saved`` had them."""
+    before, after = to_plain(saved), to_plain(new)
+    changed = [key for key in FIXED_ON_RESUME if before[key] != after[key]]
+    for key in sorted(set(before["data"]) - set(DATA_OPTIONS_FREE_ON_RESUME)):
+        if before["data"][key] != after["data"].get(key):
+            changed.append(f"data.{key}")
+    return changed

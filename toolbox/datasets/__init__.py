@@ -1,0 +1,84 @@
+"""Datasets: each registered config loads its splits as tensors, decoded once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from toolbox.component import Component
+from toolbox.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+Task = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What models, criteria and metrics need to know about the data, without the data."""
+
+    task: Task
+    input_shape: tuple[int, ...]
+    """Shape of one input, e.g. (C, H, W) for images."""
+    num_outputs: int
+    """Number of classes, or of regression targets."""
+    mean: tuple[float, ...] = (0.0,)
+    """Per-channel mean of the stored inputs (in their stored units), for normalisation."""
+    std: tuple[float, ...] = (1.0,)
+    """Per-channel standard deviation of the stored inputs."""
+    class_names: tuple[str, ...] = ()
+
+
+@dataclass
+class DatasetSplits:
+    """The three splits as dicts of equally long tensors (``input``, ``target``)."""
+
+    info: DatasetInfo
+    train: dict[str, torch.Tensor]
+    val: dict[str, torch.Tensor]
+    test: dict[str, torch.Tensor]
+
+    def split(self, name: str) -> dict[str, torch.Tensor]:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+
+@dataclass(frozen=True)
+class DatasetConfig(Component):
+    val_fraction: float = 0.1
+    """Fraction of the training data held out for validation, in [0, 1)."""
+    split_seed: int = 0
+    """Seed of the fixed permutation that splits off validation (and test) data."""
+    loader: Literal["memory", "dataloader"] = "memory"
+    """memory: batches are sliced from tensors kept on the device; dataloader: torch DataLoader
+    with --num-workers worker processes."""
+
+    @property
+    def task(self) -> Task:
+        """Known before loading, so criteria and metrics can be checked against it."""
+        return "classification"
+
+    def problems(self) -> list[str]:
+        if not 0.0 <= self.val_fraction < 1.0:
+            return [
+                f"--data.val-fraction is {self.val_fraction}; it must be in [0, 1) "
+                "(e.g. 0.1 holds out 10% of the training data for validation)."
+            ]
+        return []
+
+    def build(self) -> DatasetSplits:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class FileDatasetConfig(DatasetConfig):
+    """A dataset read from files under ``root``, fetched by torchvision's download code."""
+
+    root: str = "data"
+    """Directory that holds the dataset's folder (created on download)."""
+    download: bool = True
+    """Download the files when they are missing (needs network access)."""
+
+
+DATASETS: Registry[DatasetConfig] = Registry("dataset", __name__, DatasetConfig, "--dataset")
+register_dataset = DATASETS.register

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from toolbox.datasets import DatasetInfo, DatasetSplits, FileDatasetConfig, register_dataset
+
+
+@dataclass(frozen=True)
+class _MNISTFormat(FileDatasetConfig):
+    """28x28 grey images in IDX files under <root>/<folder>/raw, as torchvision keeps them."""
+
+    torchvision_class: ClassVar[str]
+    # Per-pixel mean and standard deviation of the training images, in 0..255 units.
+    pixel_mean: ClassVar[float]
+    pixel_std: ClassVar[float]
+
+    def build(self) -> DatasetSplits:
+        import torchvision
+
+        from toolbox.datasets._files import fetch_idx_files, read_idx
+        from toolbox.datasets._split import hold_out
+
+        source = getattr(torchvision.datasets, self.torchvision_class)
+        folder = Path(self.root) / self.torchvision_class / "raw"
+        files = fetch_idx_files(
+            self.registered_name, folder, source.mirrors, source.resources, self.download
+        )
+
+        def split(prefix: str) -> dict:
+            images = read_idx(files[f"{prefix}-images-idx3-ubyte"]).unsqueeze(1)  # (N, 1, 28, 28)
+            targets = read_idx(files[f"{prefix}-labels-idx1-ubyte"]).long()
+            return {"input": images, "target": targets}
+
+        train, val = hold_out(split("train"), self.val_fraction, self.split_seed)
+        info = DatasetInfo(
+            task="classification",
+            input_shape=(1, 28, 28),
+            num_outputs=10,
+            mean=(self.pixel_mean,),
+            std=(self.pixel_std,),
+            class_names=tuple(source.classes),
+        )
+        return DatasetSplits(info, train, val, split("t10k"))
+
+
+@register_dataset("mnist")
+@dataclass(frozen=True)
+class MNIST(_MNISTFormat):
+    """MNIST handwritten digits (60,000 train and 10,000 test images, 28x28, 10 classes)."""
+
+    torchvision_class = "MNIST"
+    pixel_mean = 0.1307 * 255
+    pixel_std = 0.3081 * 255
+
+
+@register_dataset("fashion_mnist")
+@dataclass(frozen=True)
+class FashionMNIST(_MNISTFormat):
+    """Fashion-MNIST clothing images (60,000 train and 10,000 test, 28x28, 10 classes)."""
+
+    torchvision_class = "FashionMNIST"
+    pixel_mean = 0.2860 * 255
+    pixel_std = 0.3530 * 255

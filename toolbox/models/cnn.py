@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from toolbox.models import ModelConfig, register_model
+
+
+@register_model("cnn")
+@dataclass(frozen=True)
+class CNN(ModelConfig):
+    """A LeNet-style convnet: two conv-ReLU-pool stages, then two linear layers."""
+
+    channels: tuple[int, int] = (32, 64)
+    """Output channels of the two convolution stages."""
+    hidden_size: int = 128
+    """Width of the hidden linear layer, in units."""
+    dropout: float = 0.25
+    """Dropout probability before each linear layer, in [0, 1)."""
+
+    def problems(self) -> list[str]:
+        found = []
+        if min(self.channels) <= 0 or self.hidden_size <= 0:
+            found.append(
+                f"--model.channels {list(self.channels)} and --model.hidden-size "
+                f"{self.hidden_size} must be positive integers."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            found.append(f"--model.dropout is {self.dropout}; it must be in [0, 1).")
+        return found
+
+    def build(self, info):
+        from torch import nn
+
+        in_channels = info.input_shape[0]
+        first, second = self.channels
+        return nn.Sequential(
+            nn.Conv2d(in_channels, first, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(first, second, 3, padding=1),
+            nn.ReLU(),
+            # Pooling to a fixed 4x4 grid lets one config serve 8, 28 and 32 px inputs.
+            nn.AdaptiveMaxPool2d(4),
+            nn.Flatten(),
+            nn.Dropout(self.dropout),
+            nn.Linear(second * 16, self.hidden_size),
+            nn.ReLU(),
+            nn.Dropout(self.dropout),
+            nn.Linear(self.hidden_size, info.num_outputs),
+        )

@@ -1,0 +1,50 @@
+"""Optimizers: each registered config builds a torch optimizer over a model's parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from toolbox.component import Component
+from toolbox.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class OptimizerConfig(Component):
+    lr: float = 1e-3
+    """Peak learning rate (schedulers scale it)."""
+    weight_decay: float = 0.0
+    """Weight decay coefficient (L2 penalty for sgd and adam, decoupled for adamw)."""
+    decay_norm_and_bias: bool = False
+    """Also apply weight decay to biases and normalisation weights (off: the usual practice)."""
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.lr <= 0:
+            found.append(f"--optim.lr is {self.lr}; it must be positive (e.g. 1e-3).")
+        if self.weight_decay < 0:
+            found.append(f"--optim.weight-decay is {self.weight_decay}; it must be >= 0.")
+        return found
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """Two groups: matrices and conv kernels decay; biases and norm weights (1-D) don't."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self.decay_norm_and_bias:
+            return [{"params": params, "weight_decay": self.weight_decay}]
+        return [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": self.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+
+    def build(self, model: nn.Module) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+
+OPTIMIZERS: Registry[OptimizerConfig] = Registry(
+    "optimizer", __name__, OptimizerConfig, "--optimizer"
+)
+register_optimizer = OPTIMIZERS.register

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from toolbox.schedulers import LambdaSchedulerConfig, SchedulerConfig, register_scheduler
+
+
+def _fraction_problem(option: str, value: float) -> list[str]:
+    if not 0.0 <= value <= 1.0:
+        return [f"{option} is {value}; it must be in [0, 1] (a fraction of --optim.lr)."]
+    return []
+
+
+@register_scheduler("none")
+@dataclass(frozen=True)
+class Constant(LambdaSchedulerConfig):
+    """A constant learning rate."""
+
+    def factor(self, step, steps_per_epoch, total_steps):
+        return 1.0
+
+
+@register_scheduler("step")
+@dataclass(frozen=True)
+class Step(LambdaSchedulerConfig):
+    """Multiply the learning rate by --sched.gamma every --sched.step-epochs epochs."""
+
+    step_epochs: int = 30
+    """Epochs between two decays."""
+    gamma: float = 0.1
+    """Factor applied at each decay."""
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.step_epochs <= 0:
+            found.append(f"--sched.step-epochs is {self.step_epochs}; it must be positive.")
+        if not 0.0 < self.gamma <= 1.0:
+            found.append(f"--sched.gamma is {self.gamma}; it must be in (0, 1].")
+        return found
+
+    def factor(self, step, steps_per_epoch, total_steps):
+        return self.gamma ** (step // (self.step_epochs * steps_per_epoch))
+
+
+@register_scheduler("linear")
+@dataclass(frozen=True)
+class Linear(LambdaSchedulerConfig):
+    """Decay linearly from --optim.lr to --sched.final-fraction of it over the run."""
+
+    final_fraction: float = 0.0
+    """Learning rate at the last step, as a fraction of --optim.lr."""
+
+    def problems(self) -> list[str]:
+        return _fraction_problem("--sched.final-fraction", self.final_fraction)
+
+    def factor(self, step, steps_per_epoch, total_steps):
+        progress = min(step / total_steps, 1.0)
+        return 1.0 + (self.final_fraction - 1.0) * progress
+
+
+@register_scheduler("cosine")
+@dataclass(frozen=True)
+class Cosine(LambdaSchedulerConfig):
+    """Cosine decay from --optim.lr to --sched.final-fraction of it over the run."""
+
+    final_fraction: float = 0.0
+    """Learning rate at the last step, as a fraction of --optim.lr."""
+
+    def problems(self) -> list[str]:
+        return _fraction_problem("--sched.final-fraction", self.final_fraction)
+
+    def factor(self, step, steps_per_epoch, total_steps):
+        progress = min(step / total_steps, 1.0)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.final_fraction + (1.0 - self.final_fraction) * cosine
+
+
+@register_scheduler("warmup_cosine")
+@dataclass(frozen=True)
+class WarmupCosine(Cosine):
+    """Linear warm-up from zero over --sched.warmup-epochs, then cosine decay."""
+
+    warmup_epochs: float = 1.0
+    """Length of the warm-up, in epochs (fractions allowed)."""
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        if self.warmup_epochs < 0:
+            found.append(f"--sched.warmup-epochs is {self.warmup_epochs}; it must be >= 0.")
+        return found
+
+    def factor(self, step, steps_per_epoch, total_steps):
+        warmup_steps = min(round(self.warmup_epochs * steps_per_epoch), total_steps)
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        decay_steps = max(total_steps - warmup_steps, 1)
+        return super().factor(step - warmup_steps, steps_per_epoch, decay_steps)
+
+
+@register_scheduler("plateau")
+@dataclass(frozen=True)
+class Plateau(SchedulerConfig):
+    """Multiply the learning rate by --sched.factor when the monitored metric stalls."""
+
+    interval = "eval"
+
+    factor: float = 0.1
+    """Factor applied at each reduction, in (0, 1)."""
+    patience: int = 5
+    """Evaluations without improvement before a reduction."""
+    min_lr: float = 0.0
+    """Lower bound of the learning rate."""
+
+    def problems(self) -> list[str]:
+        found = []
+        if not 0.0 < self.factor < 1.0:
+            found.append(f"--sched.factor is {self.factor}; it must be in (0, 1).")
+        if self.patience < 0:
+            found.append(f"--sched.patience is {self.patience}; it must be >= 0.")
+        return found
+
+    def build(self, optimizer, steps_per_epoch, epochs, mode):
+        import torch
+
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=self.factor, patience=self.patience, min_lr=self.min_lr
+        )
+
+
