@@ -1,0 +1,97 @@
+"""The entry points behind train.py and test.py: parse, validate, run, report mistakes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import tyro
+from rich.console import Console
+from rich.markup import escape
+
+from toolbox.config import (
+    SLOTS,
+    TrainingConfig,
+    from_plain,
+    resume_conflicts,
+    validate,
+    with_components,
+)
+from toolbox.errors import UserError
+
+
+class _SelectorParser(argparse.ArgumentParser):
+    """Stage one reads only the selectors and --resume; its mistakes are user errors."""
+
+    def error(self, message: str) -> None:
+        raise UserError(f"{message}; see python {self.prog} --help.")
+
+
+def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> TrainingConfig:
+    """Two stages (see DESIGN.md): the selectors pick the component classes of the default
+    config (or of the resumed run's config), then tyro parses every option against it."""
+    argv = list(argv)
+    selectors = _SelectorParser(prog=prog, add_help=False, allow_abbrev=False)
+    for selector, _ in SLOTS.values():
+        selectors.add_argument(f"--{selector}")
+    selectors.add_argument("--resume", type=Path)
+    chosen, _ = selectors.parse_known_args(argv)
+    names = {selector: getattr(chosen, selector) for selector, _ in SLOTS.values()}
+    for selector, registry in SLOTS.values():
+        if names[selector] is not None:
+            registry.get(names[selector])  # an unknown name fails here, listing the valid ones
+
+    saved = None
+    default = TrainingConfig()
+    if chosen.resume is not None:
+        from toolbox.checkpoint import load_checkpoint
+
+        state = load_checkpoint(chosen.resume)
+        saved = from_plain(state["config"], f"the config in {chosen.resume}")
+        default = saved
+    default = with_components(default, **names)
+    config = tyro.cli(TrainingConfig, args=argv, default=default, prog=prog)
+    validate(config)
+    if saved is not None:
+        changed = resume_conflicts(saved, config)
+        if changed:
+            options = ", ".join(f"--{name.replace('_', '-')}" for name in changed)
+            raise UserError(
+                f"--resume {chosen.resume}: {options} cannot change when a run is resumed "
+                "(the checkpoint was trained with the saved values). Drop these flags to "
+                "continue the run, or start a new run with them."
+            )
+    return config
+
+
+def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
+    """Runs ``main``; a user mistake becomes one message on stderr and exit code 2."""
+    stderr = Console(stderr=True, highlight=False)
+    try:
+        return main(list(sys.argv[1:] if argv is None else argv))
+    except UserError as error:
+        stderr.print(f"[bold red]error:[/] {escape(str(error))}")
+        return error.exit_code
+    except KeyboardInterrupt:
+        stderr.print("[bold red]interrupted[/]: the last epoch's checkpoint.pth.tar is intact.")
+        return 130
+
+
+def train_main(argv: list[str]) -> int:
+    config = parse_training_config(argv)
+    from toolbox.trainer import Trainer
+
+    Trainer(config).fit()
+    return 0
+
+
+def test_main(argv: list[str]) -> int:
+    from toolbox.evaluate_run import EvaluateConfig
+
+    config = tyro.cli(EvaluateConfig, args=argv, prog="test.py")
+    from toolbox.evaluate_run import evaluate_run
+
+    evaluate_run(config)
+    return 0

@@ -1,0 +1,124 @@
+"""test.py: evaluate a run's checkpoint on a split and write its metrics and predictions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from toolbox.config import DEVICE_PATTERN
+from toolbox.errors import UserError
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluate a trained run on its test (or validation) split."""
+
+    run: tyro.conf.Positional[Path]
+    """A run directory (outputs/<run>) or a checkpoint file inside one."""
+    split: Literal["test", "val"] = "test"
+    """Split to evaluate."""
+    checkpoint: Literal["best", "last"] = "best"
+    """Which checkpoint of a run directory: model_best.pth.tar or checkpoint.pth.tar (ignored
+    when RUN is a checkpoint file)."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps."""
+    batch_size: int | None = None
+    """Evaluation batch size, in samples (None: the run's --eval-batch-size)."""
+
+
+def evaluate_run(options: EvaluateConfig) -> Path:
+    """Evaluate, print a table, and write ``<run>/test/<split>_{metrics,predictions}.csv``."""
+    if not DEVICE_PATTERN.fullmatch(options.device):
+        raise UserError(
+            f"--device is {options.device!r}; use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps."
+        )
+    if options.batch_size is not None and options.batch_size < 1:
+        raise UserError(f"--batch-size is {options.batch_size}; it must be at least 1.")
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from toolbox import checkpoint
+    from toolbox.config import from_plain
+    from toolbox.data.loaders import Normalizer, make_loader
+    from toolbox.evaluation import evaluate
+    from toolbox.metrics import METRICS
+    from toolbox.runtime import resolve_device
+
+    path = Path(options.run)
+    if path.is_dir():
+        name = checkpoint.BEST if options.checkpoint == "best" else checkpoint.LAST
+        checkpoint_path = path / name
+        if not checkpoint_path.is_file():
+            raise UserError(
+                f"{path} has no {name}; is it a run directory (outputs/<run>)? "
+                "A run that never evaluated has no model_best.pth.tar: use --checkpoint last."
+            )
+    else:
+        checkpoint_path = path
+    run_dir = checkpoint_path.parent
+    state = checkpoint.load_checkpoint(checkpoint_path)
+    config = from_plain(state["config"], f"the config in {checkpoint_path}")
+
+    device = resolve_device(options.device)
+    splits = config.data.build()
+    info = splits.info
+    model = config.model.build(info).to(device)
+    model.load_state_dict(state["model"])
+    metrics = {name: METRICS.get(name)() for name in config.metrics}
+    loader = make_loader(
+        splits.split(options.split),
+        options.batch_size or config.eval_batch_size,
+        kind="memory",
+        device=device,
+        train=False,
+    )
+    result = evaluate(
+        model,
+        loader,
+        normalizer=Normalizer(info.mean, info.std, len(info.input_shape), device),
+        criterion=config.loss.build().to(device),
+        metrics=metrics,
+        device=device,
+        precision=config.precision,
+        classification=info.task == "classification",
+        keep_predictions=True,
+    )
+
+    out_dir = run_dir / "test"
+    out_dir.mkdir(exist_ok=True)
+    summary = {"loss": result.loss, **result.metrics}
+    pd.DataFrame([summary]).to_csv(out_dir / f"{options.split}_metrics.csv", index=False)
+    predictions = {"index": range(len(result.predictions["loss"]))}
+    for key in ("target", "prediction"):
+        values = result.predictions[key]
+        if values.ndim == 1:
+            predictions[key] = values.numpy()
+        else:  # one column per regression output
+            for column in range(values.shape[1]):
+                predictions[f"{key}_{column}"] = values[:, column].numpy()
+    predictions["loss"] = result.predictions["loss"].numpy()
+    if "probability" in result.predictions:
+        predictions["probability"] = result.predictions["probability"].numpy()
+    pd.DataFrame(predictions).to_csv(out_dir / f"{options.split}_predictions.csv", index=False)
+
+    progress = state["progress"]
+    table = Table(
+        title=f"{config.arch} on {config.dataset}, {options.split} split "
+        f"({len(predictions['index']):,} samples)",
+        caption=f"{checkpoint_path} (epoch {progress['epoch']}, step {progress['step']})",
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        table.add_row(key, f"{value:.4f}")
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {out_dir / f'{options.split}_metrics.csv'} and "
+                  f"{out_dir / f'{options.split}_predictions.csv'}", highlight=False)
+    return out_dir
+
+

@@ -1,0 +1,100 @@
+"""Live progress: a rich bar on a terminal, plain log lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+def format_duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+class ProgressDisplay:
+    """Shows epoch, step, loss, latest validation metrics, throughput and ETA.
+
+    ``advance`` runs every optimizer step and touches no tensor; ``report`` runs once per
+    logging interval with values the caller has already synced to the host.
+    """
+
+    def __init__(
+        self, console: Console, logger: logging.Logger, total_steps: int, done_steps: int
+    ) -> None:
+        self.logger = logger
+        self.total_steps = total_steps
+        self.start_steps = done_steps
+        self.steps = done_steps
+        self.started = time.perf_counter()
+        self.live = console.is_terminal
+        self.fields = {"epoch": "", "loss": "", "metrics": "", "speed": ""}
+        self.progress = None
+        if self.live:
+            self.progress = Progress(
+                TextColumn("[bold]{task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[loss]} {task.fields[metrics]} {task.fields[speed]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self.task = self.progress.add_task(
+                "train", total=total_steps, completed=done_steps, **self.fields
+            )
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def advance(self) -> None:
+        self.steps += 1
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1)
+
+    def eta_seconds(self) -> float:
+        done = self.steps - self.start_steps
+        if done == 0:
+            return float("nan")
+        return (time.perf_counter() - self.started) / done * (self.total_steps - self.steps)
+
+    def report(self, epoch: str, loss: float, samples_per_s: float) -> None:
+        self.fields.update(
+            epoch=epoch, loss=f"loss {loss:.4f}", speed=f"{samples_per_s:,.0f} samples/s"
+        )
+        if self.progress is not None:
+            self.progress.update(self.task, **self.fields)
+        # On a terminal the bar shows this; the log file (and a non-terminal) get the line.
+        self.logger.info(
+            "%s step %d/%d %s %s%s eta %s",
+            epoch,
+            self.steps,
+            self.total_steps,
+            self.fields["loss"],
+            self.fields["speed"],
+            f" {self.fields['metrics']}" if self.fields["metrics"] else "",
+            format_duration(self.eta_seconds()) if self.steps > self.start_steps else "?",
+            extra={"progress": True},
+        )
+
+    def show_metrics(self, metrics: dict[str, float]) -> None:
+        self.fields["metrics"] = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        if self.progress is not None:
+            self.progress.update(self.task, metrics=self.fields["metrics"])

@@ -1,0 +1,172 @@
+"""A run's directory and its records: config, environment, log, metrics table, TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+import toolbox
+from toolbox.config import TrainingConfig, to_plain
+from toolbox.errors import UserError
+
+CONFIG = "config.json"
+ENV = "env.json"
+LOG = "training.log"
+METRICS = "metrics.csv"
+
+
+def new_run_dir(config: TrainingConfig) -> Path:
+    """Create ``<output-dir>/<run-name or YYMMDD_HHMMSS>``; a timestamp already taken gets a
+    numeric suffix, a run name already taken is an error (it would mix two runs' files)."""
+    output_dir = Path(config.output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if config.run_name is not None:
+            run_dir = output_dir / config.run_name
+            if run_dir.exists():
+                raise UserError(
+                    f"--run-name {config.run_name!r}: {run_dir} already exists; choose another "
+                    f"name, or continue that run with --resume {run_dir / 'checkpoint.pth.tar'}."
+                )
+            run_dir.mkdir()
+            return run_dir
+        stamp = datetime.now().strftime("%y%m%d_%H%M%S")
+        for attempt in range(1000):
+            run_dir = output_dir / (stamp if attempt == 0 else f"{stamp}_{attempt}")
+            try:
+                run_dir.mkdir()
+                return run_dir
+            except FileExistsError:
+                continue
+        raise UserError(f"could not find a free run directory name under {output_dir}.")
+    except (PermissionError, NotADirectoryError, FileExistsError, OSError) as error:
+        if isinstance(error, UserError):
+            raise
+        raise UserError(
+            f"--output-dir {output_dir}: cannot create the run directory there ({error}); "
+            "choose a writable directory with --output-dir."
+        ) from error
+
+
+def write_json(path: Path, data: dict) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def git_state(directory: Path) -> dict[str, str | bool | None]:
+    """The commit the toolbox code was at, and whether it had uncommitted changes."""
+
+    def git(*args: str) -> str | None:
+        try:
+            result = subprocess.run(
+                ["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain") if commit else None
+    return {"commit": commit, "dirty": bool(status) if commit else None}
+
+
+def environment(device: torch.device) -> dict:
+    import torchvision
+
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = platform.processor() or platform.machine()
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "toolbox": toolbox.__version__,
+        "cuda": torch.version.cuda,
+        "device": str(device),
+        "device_name": device_name,
+        "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "git": git_state(Path(toolbox.__file__).resolve().parent),
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+class MetricsTable:
+    """``metrics.csv``: one row per evaluation, appended (a resumed run adds to it)."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path = path
+        self.columns = columns
+
+    def append(self, row: dict) -> None:
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        with open(self.path, "a", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=self.columns)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+class _FileOnlyFilter(logging.Filter):
+    """Keeps records marked ``extra={"file_only": True}`` (model summary, config) off the
+    console, and progress lines off it while a live progress bar shows them."""
+
+    def __init__(self, live: bool) -> None:
+        super().__init__()
+        self.live = live
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "file_only", False):
+            return False
+        return not (self.live and getattr(record, "progress", False))
+
+
+class _ConsoleHandler(logging.Handler):
+    def __init__(self, console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.console.print(self.format(record), markup=False, highlight=False, soft_wrap=True)
+
+
+def setup_logging(log_path: Path | None, console, live: bool) -> logging.Logger:
+    """The ``toolbox`` logger: every line to ``training.log`` (appended), the console lines
+    to ``console``."""
+    logger = logging.getLogger("toolbox")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
+    console_handler = _ConsoleHandler(console)
+    console_handler.addFilter(_FileOnlyFilter(live))
+    logger.addHandler(console_handler)
+    if log_path is not None:
+        file_handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(file_handler)
+    return logger
+
+
+def close_logging(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
+
+
+def save_config(run_dir: Path, config: TrainingConfig) -> None:
+    write_json(run_dir / CONFIG, to_plain(config))

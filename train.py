@@ -1,0 +1,8 @@
+"""Train a model. `python train.py --help` lists every option; see README.md."""
+
+import sys
+
+from toolbox.cli import run_cli, train_main
+
+if __name__ == "__main__":
+    sys.exit(run_cli(train_main))
