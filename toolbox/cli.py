@@ -72,7 +72,8 @@ def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None)
     try:
         return main(list(sys.argv[1:] if argv is None else argv))
     except UserError as error:
-        stderr.print(f"[bold red]error:[/] {escape(str(error))}")
+        # soft_wrap: paths and commands in the message stay whole for copy and paste.
+        stderr.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
         return error.exit_code
     except KeyboardInterrupt:
         stderr.print("[bold red]interrupted[/]: the last epoch's checkpoint.pth.tar is intact.")

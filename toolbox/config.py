@@ -107,8 +107,7 @@ class TrainingConfig:
     log_every: int = 50
     """Optimizer steps between two progress updates of the loss (each costs one host sync)."""
     monitor: str = "val_loss"
-    """Validation metric that picks model_best.pth.tar: val_loss or val_<metric>; lower is
-    better for losses and errors, higher for accuracies."""
+    """Validation metric that picks model_best.pth.tar: val_loss or val_<metric> (its mode follows)."""
 
     output_dir: Path = Path("outputs")
     """Directory that holds one sub-directory per run."""
@@ -284,7 +283,7 @@ def from_plain(data: Any, source: str = "config") -> TrainingConfig:
 # schedule whose states it carries, and what its records are keyed by.
 FIXED_ON_RESUME = (
     "arch", "dataset", "optimizer", "scheduler", "criterion", "metrics", "monitor", "seed",
-    "model", "output_dir", "run_name",
+    "output_dir", "run_name",
 )
 # Data options that may change on resume because they do not change which samples are seen.
 DATA_OPTIONS_FREE_ON_RESUME = ("root", "download", "loader")
@@ -294,7 +293,8 @@ def resume_conflicts(saved: TrainingConfig, new: TrainingConfig) -> list[str]:
     """The options ``new`` changes that a resumed run must keep as ``saved`` had them."""
     before, after = to_plain(saved), to_plain(new)
     changed = [key for key in FIXED_ON_RESUME if before[key] != after[key]]
-    for key in sorted(set(before["data"]) - set(DATA_OPTIONS_FREE_ON_RESUME)):
-        if before["data"][key] != after["data"].get(key):
-            changed.append(f"data.{key}")
+    for slot, free in (("model", ()), ("data", DATA_OPTIONS_FREE_ON_RESUME)):
+        for key in sorted(set(before[slot]) | set(after[slot])):
+            if key not in free and before[slot].get(key) != after[slot].get(key):
+                changed.append(f"{slot}.{key}")
     return changed

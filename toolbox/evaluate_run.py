@@ -106,19 +106,22 @@ def evaluate_run(options: EvaluateConfig) -> Path:
     pd.DataFrame(predictions).to_csv(out_dir / f"{options.split}_predictions.csv", index=False)
 
     progress = state["progress"]
-    table = Table(
-        title=f"{config.arch} on {config.dataset}, {options.split} split "
-        f"({len(predictions['index']):,} samples)",
-        caption=f"{checkpoint_path} (epoch {progress['epoch']}, step {progress['step']})",
+    console = Console(highlight=False)
+    console.print(
+        f"{config.arch} on {config.dataset}, {options.split} split "
+        f"({len(predictions['index']):,} samples), {checkpoint_path} "
+        f"(epoch {progress['epoch']}, step {progress['step']})"
     )
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in summary.items():
         table.add_row(key, f"{value:.4f}")
-    console = Console()
     console.print(table)
-    console.print(f"wrote {out_dir / f'{options.split}_metrics.csv'} and "
-                  f"{out_dir / f'{options.split}_predictions.csv'}", highlight=False)
+    console.print(
+        f"wrote {out_dir / f'{options.split}_metrics.csv'} and "
+        f"{out_dir / f'{options.split}_predictions.csv'}"
+    )
     return out_dir
 
 

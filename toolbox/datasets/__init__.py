@@ -50,8 +50,7 @@ class DatasetConfig(Component):
     split_seed: int = 0
     """Seed of the fixed permutation that splits off validation (and test) data."""
     loader: Literal["memory", "dataloader"] = "memory"
-    """memory: batches are sliced from tensors kept on the device; dataloader: torch DataLoader
-    with --num-workers worker processes."""
+    """memory: batches sliced from tensors on the device; dataloader: --num-workers workers."""
 
     @property
     def task(self) -> Task:

@@ -1,0 +1,180 @@
+"""The command line: --help without torch, selectors, and one clear message per mistake."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import REPO, TINY
+from toolbox.config import SLOTS, TrainingConfig
+from toolbox.metrics import METRICS
+
+
+def help_text(*argv: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "train.py", *argv, "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "200", "PATH": ""},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_help_does_not_import_torch():
+    script = textwrap.dedent(
+        """
+        import runpy, sys
+        sys.argv = ["train.py", "--help"]
+        try:
+            runpy.run_path("train.py", run_name="__main__")
+        except SystemExit as exit:
+            assert exit.code == 0, exit.code
+        print("torch imported:", "torch" in sys.modules)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "torch imported: False" in result.stdout
+
+
+def test_help_lists_every_selector_choice_and_the_component_groups():
+    text = help_text()
+    for selector, registry in SLOTS.values():
+        line = next(line for line in text.splitlines() if f"--{selector} {{" in line)
+        assert all(name in line for name in registry.names()), line
+    assert all(name in text for name in METRICS.names())
+    for option in ("--model.hidden-sizes", "--data.val-fraction", "--optim.lr",
+                   "--sched.final-fraction", "--loss.label-smoothing", "--epochs",
+                   "--batch-size", "--precision", "--resume", "--monitor"):
+        assert option in text
+
+
+def test_help_for_another_arch_shows_its_options_instead():
+    text = help_text("--arch", "resnet18", "--dataset", "cifar10", "--optimizer", "sgd")
+    assert "--model.stem" in text and "--model.hidden-sizes" not in text
+    assert "--data.root" in text and "--optim.momentum" in text
+    assert "ResNet-18" in text
+
+
+def _documented_fields(cls: type) -> set[str]:
+    """Field names that carry a docstring line below them, in cls and its bases."""
+    names = set()
+    for klass in cls.__mro__:
+        if not dataclasses.is_dataclass(klass) or klass.__module__ == "builtins":
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for statement, following in zip(body, body[1:], strict=False):
+            if (
+                isinstance(statement, ast.AnnAssign)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+                and following.value.value.strip()
+            ):
+                names.add(statement.target.id)
+    return names
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [TrainingConfig]
+    + [registry.get(name) for _, registry in SLOTS.values() for name in registry.names()],
+    ids=lambda cls: cls.__name__,
+)
+def test_every_option_has_help(cls):
+    slot_fields = set(SLOTS)  # groups, described by the chosen component's class docstring
+    fields = {f.name for f in dataclasses.fields(cls) if f.init} - slot_fields
+    undocumented = fields - _documented_fields(cls)
+    assert not undocumented, f"{cls.__name__} fields without a docstring: {undocumented}"
+    assert cls.__doc__ and cls.__doc__.strip()
+
+
+def _error_of(capsys, train, *argv) -> str:
+    assert train(*argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return " ".join(err.split())
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--arch", "resnet81"], ["--arch", "resnet81", "resnet18", "vit_tiny"]),
+        (["--dataset", "imagenet"], ["--dataset", "imagenet", "cifar10"]),
+        (["--optimizer", "lion"], ["--optimizer", "adamw"]),
+        (["--batch-size", "0"], ["--batch-size", "0"]),
+        (["--epochs", "-1"], ["--epochs", "-1"]),
+        (["--data.val-fraction", "1.5"], ["--data.val-fraction", "1.5"]),
+        (["--device", "gpu"], ["--device", "gpu", "cuda:N"]),
+        (["--criterion", "mse"], ["--criterion mse", "classification", "cross_entropy"]),
+        (["--metrics", "accuracy", "rmse"], ["--metrics rmse", "accuracy"]),
+        (["--monitor", "val_top5"], ["--monitor", "val_top5", "val_accuracy"]),
+        (["--resume", "no/such/checkpoint.pth.tar"], ["no/such/checkpoint.pth.tar",
+                                                      "does not exist"]),
+        (["--optim.lr", "0", "--model.dropout", "2"], ["--optim.lr", "--model.dropout"]),
+        (["--arch"], ["--arch", "expected one argument"]),
+    ],
+)
+def test_mistakes_get_one_clear_message(capsys, train, argv, expected):
+    message = _error_of(capsys, train, *argv)
+    for fragment in expected:
+        assert fragment in message, message
+
+
+def test_unavailable_cuda_device_is_refused(capsys, train):
+    import torch
+
+    if torch.cuda.is_available():
+        message = _error_of(capsys, train, *TINY, "--device", "cuda:99")
+        assert "cuda:99" in message
+    else:
+        message = _error_of(capsys, train, *TINY, "--device", "cuda")
+        assert "no usable CUDA device" in message and "--device cpu" in message
+
+
+@pytest.mark.parametrize(
+    "argv", [["--epochs", "two"], ["--model.stem", "small"], ["--no-such-flag"]]
+)
+def test_tyro_rejects_wrong_types_and_foreign_options(capsys, train, argv):
+    # Options of a component that is not selected (resnet's --model.stem with mlp) are unknown.
+    with pytest.raises(SystemExit) as exit:
+        train(*argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and argv[0] in err
+
+
+def test_resume_of_a_file_that_is_not_a_checkpoint(capsys, train, tmp_path):
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not a checkpoint")
+    message = _error_of(capsys, train, "--resume", str(text_file))
+    assert str(text_file) in message and "not a loadable checkpoint" in message
+    message = _error_of(capsys, train, "--resume", str(tmp_path))
+    assert "is a directory" in message
+
+
+def test_unwritable_output_dir_is_reported(capsys, train, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    message = _error_of(capsys, train, *TINY, "--output-dir", str(blocker / "runs"))
+    assert "--output-dir" in message and str(blocker / "runs") in message
+
+
+def test_test_py_mistakes(capsys, evaluate, tmp_path):
+    assert evaluate(str(tmp_path / "missing")) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert evaluate(str(tmp_path)) == 2
+    assert "has no model_best.pth.tar" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:
+        evaluate(str(tmp_path), "--split", "train")
+    assert exit.value.code == 2

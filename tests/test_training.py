@@ -1,0 +1,194 @@
+"""End to end: train, the run directory's records, resume, and test.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import TINY
+from toolbox.config import from_plain
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.fixture
+def run_dir(train, tmp_path) -> Path:
+    assert train(*TINY, "--epochs", "3", "--metrics", "accuracy", "top5", "--run-name",
+                 "run") == 0
+    return tmp_path / "outputs" / "run"
+
+
+def test_run_directory_holds_every_record(run_dir):
+    names = {path.name for path in run_dir.iterdir()}
+    assert {"config.json", "checkpoint.pth.tar", "model_best.pth.tar", "training.log",
+            "metrics.csv", "env.json"} <= names
+    assert any(name.startswith("events.out.tfevents") for name in names)
+
+    config = from_plain(json.loads((run_dir / "config.json").read_text()))
+    assert (config.arch, config.dataset, config.epochs) == ("mlp", "synthetic", 3)
+    assert config.data.num_train == 320 and config.metrics == ("accuracy", "top5")
+
+    state = torch.load(run_dir / "checkpoint.pth.tar", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "progress", "config"} <= set(
+        state
+    )
+    assert state["progress"]["epoch"] == 3 and from_plain(state["config"]) == config
+    assert state["progress"]["step"] == 3 * (288 // 32)
+
+    rows = read_rows(run_dir / "metrics.csv")
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    assert list(rows[0]) == ["epoch", "step", "lr", "train_loss", "val_loss", "val_accuracy",
+                             "val_top5", "elapsed_s"]
+    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
+
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+    assert {"python", "toolbox", "git"} <= set(env)
+
+    log = (run_dir / "training.log").read_text()
+    assert "19,210 parameters" in log and "Linear(in_features=64, out_features=256" in log
+    assert "'arch': 'mlp'" in log and "epoch 3/3 train_loss" in log
+
+
+def test_best_checkpoint_follows_the_monitored_metric(train, tmp_path):
+    assert train(*TINY, "--epochs", "4", "--monitor", "val_accuracy", "--run-name", "r") == 0
+    run_dir = tmp_path / "outputs" / "r"
+    rows = read_rows(run_dir / "metrics.csv")
+    accuracies = [float(row["val_accuracy"]) for row in rows]
+    best_epoch = accuracies.index(max(accuracies)) + 1  # the first epoch reaching the max
+    best = torch.load(run_dir / "model_best.pth.tar", weights_only=True)
+    assert best["progress"]["epoch"] == best_epoch
+    assert best["progress"]["best_value"] == pytest.approx(max(accuracies))
+
+
+def test_tensorboard_reader_opens_the_events(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "val/accuracy", "val/top5", "lr"} <= tags
+    assert [event.step for event in events.Scalars("val/loss")] == [1, 2, 3]
+    rows = read_rows(run_dir / "metrics.csv")
+    assert events.Scalars("val/accuracy")[-1].value == pytest.approx(
+        float(rows[-1]["val_accuracy"])
+    )
+
+
+def test_resume_continues_the_run_and_matches_training_straight_through(train, tmp_path):
+    # A schedule that does not depend on --epochs, so 2 + 2 epochs and 4 follow one curve.
+    schedule = ["--scheduler", "step", "--sched.step-epochs", "1", "--sched.gamma", "0.7"]
+    assert train(*TINY, *schedule, "--epochs", "4", "--run-name", "straight") == 0
+    assert train(*TINY, *schedule, "--epochs", "2", "--run-name", "resumed") == 0
+    resumed = tmp_path / "outputs" / "resumed"
+    assert train("--resume", str(resumed / "checkpoint.pth.tar"), "--epochs", "4") == 0
+
+    straight_rows = read_rows(tmp_path / "outputs" / "straight" / "metrics.csv")
+    resumed_rows = read_rows(resumed / "metrics.csv")
+    assert len(resumed_rows) == 4  # appended, not rewritten
+    for a, b in zip(straight_rows, resumed_rows, strict=True):
+        a.pop("elapsed_s"), b.pop("elapsed_s")
+        assert a == b
+    straight = torch.load(tmp_path / "outputs" / "straight" / "checkpoint.pth.tar",
+                          weights_only=True)
+    final = torch.load(resumed / "checkpoint.pth.tar", weights_only=True)
+    for key, value in straight["model"].items():
+        assert torch.equal(value, final["model"][key]), key
+    config = json.loads((resumed / "config.json").read_text())
+    assert config["epochs"] == 4
+    log = (resumed / "training.log").read_text()
+    assert "epoch 2/2 train_loss" in log and "resuming at epoch 3" in log
+
+
+def test_resume_refuses_options_fixed_by_the_checkpoint(capsys, train, run_dir):
+    checkpoint = str(run_dir / "checkpoint.pth.tar")
+    for argv in (["--arch", "cnn"], ["--dataset", "digits"], ["--model.hidden-sizes", "32"],
+                 ["--data.num-train", "100"]):
+        assert train("--resume", checkpoint, "--epochs", "5", *argv) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "cannot change when a run is resumed" in err and argv[0].lstrip("-")[:6] in err
+    assert train("--resume", checkpoint) == 2
+    assert "already trained 3 of --epochs 3" in capsys.readouterr().err
+
+
+def test_test_py_writes_metrics_and_predictions(evaluate, run_dir, capsys):
+    assert evaluate(str(run_dir)) == 0
+    shown = capsys.readouterr().out
+    metrics = pd.read_csv(run_dir / "test" / "test_metrics.csv")
+    assert list(metrics.columns) == ["loss", "accuracy", "top5"] and len(metrics) == 1
+    predictions = pd.read_csv(run_dir / "test" / "test_predictions.csv")
+    assert list(predictions.columns) == ["index", "target", "prediction", "loss", "probability"]
+    assert len(predictions) == 64
+    # The summary is exact: it agrees with the per-sample rows.
+    assert metrics["accuracy"][0] == pytest.approx(
+        (predictions["target"] == predictions["prediction"]).mean()
+    )
+    assert metrics["loss"][0] == pytest.approx(predictions["loss"].mean(), rel=1e-5)
+    assert predictions["probability"].between(0, 1).all()
+    assert f"{metrics['accuracy'][0]:.4f}" in shown
+
+    assert evaluate(str(run_dir / "checkpoint.pth.tar"), "--split", "val") == 0
+    assert len(pd.read_csv(run_dir / "test" / "val_predictions.csv")) == 32
+    assert evaluate(str(run_dir), "--checkpoint", "last") == 0
+
+
+def test_regression_trains_and_writes_prediction_columns(train, evaluate, tmp_path):
+    argv = [*TINY, "--data.task", "regression", "--data.num-classes", "2", "--data.noise",
+            "0.1", "--criterion", "mse", "--metrics", "mae", "rmse", "--monitor", "val_rmse",
+            "--model.dropout", "0", "--epochs", "4", "--run-name", "reg"]
+    assert train(*argv) == 0
+    run_dir = tmp_path / "outputs" / "reg"
+    rows = read_rows(run_dir / "metrics.csv")
+    assert float(rows[-1]["val_rmse"]) < float(rows[0]["val_rmse"])
+    assert evaluate(str(run_dir)) == 0
+    predictions = pd.read_csv(run_dir / "test" / "test_predictions.csv")
+    assert list(predictions.columns) == ["index", "target_0", "target_1", "prediction_0",
+                                         "prediction_1", "loss"]
+
+
+def test_default_digits_run_reaches_093_test_accuracy(train, evaluate, tmp_path):
+    """The README's first command: the defaults, mlp on digits."""
+    assert train("--run-name", "digits", "--device", "cpu") == 0
+    run_dir = tmp_path / "outputs" / "digits"
+    assert evaluate(str(run_dir)) == 0
+    accuracy = pd.read_csv(run_dir / "test" / "test_metrics.csv")["accuracy"][0]
+    assert accuracy >= 0.93
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--precision", "bf16"],
+        ["--precision", "fp16"],
+        ["--clip-grad", "0.5", "--grad-accum", "3"],
+        ["--data.loader", "dataloader", "--num-workers", "2"],
+        ["--arch", "cnn", "--optimizer", "sgd", "--scheduler", "warmup_cosine"],
+        ["--scheduler", "plateau", "--monitor", "val_accuracy"],
+    ],
+    ids=lambda argv: "-".join(a.strip("-") for a in argv[:2]),
+)
+def test_training_options_run_and_learn(train, tmp_path, argv):
+    assert train(*TINY, "--epochs", "3", *argv, "--run-name", "x") == 0
+    rows = read_rows(tmp_path / "outputs" / "x" / "metrics.csv")
+    assert float(rows[-1]["val_accuracy"]) > 0.3  # 10 classes: chance is 0.1
+
+
+def test_gradient_accumulation_equals_the_larger_batch(train, tmp_path):
+    # 256 training samples: 4 batches of 64, or 4 groups of 2 batches of 32 drawn from the
+    # same permutation, so the summed gradients match up to float rounding.
+    common = [*TINY, "--data.val-fraction", "0.2", "--model.dropout", "0", "--epochs", "2"]
+    assert train(*common, "--batch-size", "64", "--run-name", "big") == 0
+    assert train(*common, "--batch-size", "32", "--grad-accum", "2", "--run-name", "acc") == 0
+    big = torch.load(tmp_path / "outputs" / "big" / "checkpoint.pth.tar", weights_only=True)
+    acc = torch.load(tmp_path / "outputs" / "acc" / "checkpoint.pth.tar", weights_only=True)
+    assert big["progress"]["step"] == acc["progress"]["step"] == 8
+    for key, value in big["model"].items():
+        torch.testing.assert_close(acc["model"][key], value, rtol=1e-4, atol=1e-5)
