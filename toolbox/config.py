@@ -107,7 +107,7 @@ class TrainingConfig:
     log_every: int = 50
     """Optimizer steps between two progress updates of the loss (each costs one host sync)."""
     monitor: str = "val_loss"
-    """Validation metric that picks model_best.pth.tar: val_loss or val_<metric> (its mode follows)."""
+    """Metric that picks model_best.pth.tar: val_loss or val_<metric> (min or max follows)."""
 
     output_dir: Path = Path("outputs")
     """Directory that holds one sub-directory per run."""
