@@ -15,6 +15,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+REFRESH_SECONDS = 0.25
+
 
 def format_duration(seconds: float) -> str:
     if seconds < 60:
@@ -42,16 +44,20 @@ class ProgressDisplay:
         self.live = console.is_terminal
         self.fields = {"epoch": "", "loss": "", "metrics": "", "speed": ""}
         self.progress = None
+        self.last_refresh = 0.0
         if self.live:
             self.progress = Progress(
                 TextColumn("[bold]{task.fields[epoch]}"),
-                BarColumn(),
+                BarColumn(bar_width=24),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[loss]} {task.fields[metrics]} {task.fields[speed]}"),
                 TimeElapsedColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
                 console=console,
+                # No refresh thread: on few cores it preempts torch's worker threads and
+                # slows small steps many times over. advance() refreshes on the main thread.
+                auto_refresh=False,
             )
             self.task = self.progress.add_task(
                 "train", total=total_steps, completed=done_steps, **self.fields
@@ -70,6 +76,10 @@ class ProgressDisplay:
         self.steps += 1
         if self.progress is not None:
             self.progress.update(self.task, advance=1)
+            now = time.perf_counter()
+            if now - self.last_refresh > REFRESH_SECONDS:
+                self.progress.refresh()
+                self.last_refresh = now
 
     def eta_seconds(self) -> float:
         done = self.steps - self.start_steps
@@ -82,7 +92,7 @@ class ProgressDisplay:
             epoch=epoch, loss=f"loss {loss:.4f}", speed=f"{samples_per_s:,.0f} samples/s"
         )
         if self.progress is not None:
-            self.progress.update(self.task, **self.fields)
+            self.progress.update(self.task, **self.fields, refresh=True)
         # On a terminal the bar shows this; the log file (and a non-terminal) get the line.
         self.logger.info(
             "%s step %d/%d %s %s%s eta %s",
@@ -99,4 +109,4 @@ class ProgressDisplay:
     def show_metrics(self, metrics: dict[str, float]) -> None:
         self.fields["metrics"] = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         if self.progress is not None:
-            self.progress.update(self.task, metrics=self.fields["metrics"])
+            self.progress.update(self.task, metrics=self.fields["metrics"], refresh=True)
