@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import importlib
 import pkgutil
@@ -41,8 +40,14 @@ class Registry(Generic[T]):
                 )
             if not (isinstance(cls, type) and issubclass(cls, self.base)):
                 raise TypeError(f"{self.kind} {name!r} must subclass {self.base.__name__}.")
-            if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):
-                raise TypeError(f"{self.kind} {name!r} must be a frozen dataclass.")
+            # Read the class's own dataclass parameters: a subclass left without the decorator
+            # inherits its base's, and its annotated fields would silently not be options.
+            params = cls.__dict__.get("__dataclass_params__")
+            if params is None or not params.frozen:
+                raise TypeError(
+                    f"{self.kind} {name!r} must be a frozen dataclass: decorate "
+                    f"{cls.__qualname__} with @dataclass(frozen=True)."
+                )
             cls.registered_name = name
             self._entries[name] = cls
             return cls

@@ -77,8 +77,12 @@ def fetch_idx_files(
             except Exception as error:  # noqa: BLE001 - every failure is reported below
                 errors.append(f"{mirror}: {error}")
         else:
+            # download_url leaves a file that failed its md5 check (or a partial one) in
+            # place; it must not pass for the original on the next run.
+            (folder / name).unlink(missing_ok=True)
+            still_missing = [other for other, _ in missing if found[stem(other)] is None]
             raise missing_files_error(
-                dataset, folder, [name], "download failed: " + "; ".join(errors)
+                dataset, folder, still_missing, "download failed: " + "; ".join(errors)
             )
         found[stem(name)] = folder / name
     return found

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from toolbox.datasets import DatasetInfo, DatasetSplits, FileDatasetConfig, register_dataset
+from toolbox.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,22 @@ class _MNISTFormat(FileDatasetConfig):
         )
 
         def split(prefix: str) -> dict:
-            images = read_idx(files[f"{prefix}-images-idx3-ubyte"]).unsqueeze(1)  # (N, 1, 28, 28)
-            targets = read_idx(files[f"{prefix}-labels-idx1-ubyte"]).long()
-            return {"input": images, "target": targets}
+            image_file = files[f"{prefix}-images-idx3-ubyte"]
+            label_file = files[f"{prefix}-labels-idx1-ubyte"]
+            images = read_idx(image_file)
+            targets = read_idx(label_file)
+            if images.ndim != 3 or tuple(images.shape[1:]) != (28, 28):
+                raise UserError(
+                    f"{image_file} holds images of shape {tuple(images.shape)}, not "
+                    f"(N, 28, 28); replace it with the original file."
+                )
+            if targets.ndim != 1 or len(targets) != len(images):
+                raise UserError(
+                    f"{label_file} holds {tuple(targets.shape)} labels for the "
+                    f"{len(images):,} images of {image_file}; the two files do not belong "
+                    "together: replace them with the original files."
+                )
+            return {"input": images.unsqueeze(1), "target": targets.long()}  # (N, 1, 28, 28)
 
         train, val = hold_out(split("train"), self.val_fraction, self.split_seed)
         info = DatasetInfo(

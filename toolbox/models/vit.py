@@ -30,7 +30,7 @@ class ViTTiny(ModelConfig):
             if getattr(self, name) <= 0:
                 option = "--model." + name.replace("_", "-")
                 found.append(f"{option} is {getattr(self, name)}; it must be positive.")
-        if self.num_heads > 0 and self.embed_dim % self.num_heads:
+        if self.num_heads > 0 and self.embed_dim > 0 and self.embed_dim % self.num_heads:
             found.append(
                 f"--model.embed-dim {self.embed_dim} is not divisible by --model.num-heads "
                 f"{self.num_heads}; pick a head count that divides it (e.g. 3 for 192)."
