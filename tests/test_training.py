@@ -192,3 +192,31 @@ def test_gradient_accumulation_equals_the_larger_batch(train, tmp_path):
     assert big["progress"]["step"] == acc["progress"]["step"] == 8
     for key, value in big["model"].items():
         torch.testing.assert_close(acc["model"][key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_model_checkpoints_load_uncompiled(train, evaluate, tmp_path):
+    assert train(*TINY, "--compile", "--run-name", "compiled") == 0
+    run_dir = tmp_path / "outputs" / "compiled"
+    state = torch.load(run_dir / "checkpoint.pth.tar", weights_only=True)
+    assert not [key for key in state["model"] if "_orig_mod" in key]
+    assert evaluate(str(run_dir)) == 0  # test.py builds the model uncompiled
+
+
+def test_live_progress_on_a_terminal(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from toolbox.cli import parse_training_config
+    from toolbox.trainer import Trainer
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=160)
+    config = parse_training_config([*TINY, "--output-dir", str(tmp_path), "--run-name", "tty"])
+    Trainer(config, console).fit()
+    shown = screen.getvalue()
+    assert "━" in shown and "samples/s" in shown and "eta" in shown  # the live bar
+    assert "epoch 2/2 train_loss" in shown
+    # Progress lines are the bar's job on a terminal, but the log file keeps them.
+    assert "step 5/18" not in shown
+    assert "step 5/18" in (tmp_path / "tty" / "training.log").read_text()

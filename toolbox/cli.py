@@ -76,7 +76,7 @@ def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None)
         stderr.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
         return error.exit_code
     except KeyboardInterrupt:
-        stderr.print("[bold red]interrupted[/]: the last epoch's checkpoint.pth.tar is intact.")
+        stderr.print("[bold red]interrupted[/]")
         return 130
 
 

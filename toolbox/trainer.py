@@ -222,6 +222,15 @@ class Trainer:
                         self._evaluate_and_record(train_loss, display)
                     self.progress.elapsed_s += time.perf_counter() - started
                     self._save(checkpoint.LAST)
+        except KeyboardInterrupt:
+            resume_from = self.run_dir / checkpoint.LAST
+            if resume_from.exists():
+                self.logger.info(
+                    "interrupted in epoch %d; continue with: python train.py --resume %s",
+                    self.progress.epoch + 1,
+                    resume_from,
+                )
+            raise
         finally:
             self.writer.close()
         best = self.progress.best_value
