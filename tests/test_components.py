@@ -244,6 +244,17 @@ def test_weight_decay_applies_to_matrices_and_kernels_only_by_default(name, deca
         assert torch.equal(old, parameter.detach()) is not decays, tuple(parameter.shape)
 
 
+def test_vit_class_token_and_positions_are_not_decayed():
+    info = DatasetInfo("classification", (1, 8, 8), 10)
+    model = MODELS.get("vit_tiny")(depth=1).build(info)
+    optimizer = OPTIMIZERS.get("adamw")(weight_decay=0.05).build(model)
+    undecayed = {
+        id(p) for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]
+    }
+    assert id(model.class_token) in undecayed and id(model.position) in undecayed
+    assert id(model.patch_embed.weight) not in undecayed
+
+
 # --- Schedulers ------------------------------------------------------------------------------
 
 PEAK = 0.1
@@ -702,6 +713,7 @@ def test_from_plain_refuses_an_unknown_key_naming_it(change, named):
         (("model", "dropout"), "high", "model.dropout"),
         (("model", "hidden_sizes"), [64, "wide"], "model.hidden_sizes"),
         (("sched", "final_fraction"), None, "sched.final_fraction"),
+        (("arch",), ["mlp"], "arch"),
     ],
 )
 def test_from_plain_refuses_a_wrong_type_naming_the_field(path, value, named):

@@ -271,6 +271,8 @@ def from_plain(data: Any, source: str = "config") -> TrainingConfig:
     slots = {}
     for slot, (selector, registry) in SLOTS.items():
         name = data.get(selector, getattr(TrainingConfig, selector))
+        if not isinstance(name, str):
+            raise UserError(f"{source}: {selector} is {name!r}; it must be a name (a string).")
         if name not in registry:
             raise UserError(f"{source}: {registry.unknown_message(name)}")
         slots[slot] = _from_plain(registry.get(name), data.pop(slot, {}), f"{source}: {slot}")

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class CriterionConfig(Component):
+    option_prefix = "--loss."
+
     tasks: ClassVar[tuple[Task, ...]] = ("classification", "regression")
     """The dataset tasks this criterion applies to."""
 

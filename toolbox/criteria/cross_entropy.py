@@ -16,9 +16,7 @@ class CrossEntropy(CriterionConfig):
     """Probability mass spread uniformly over all classes, in [0, 1)."""
 
     def problems(self) -> list[str]:
-        if not 0.0 <= self.label_smoothing < 1.0:
-            return [f"--loss.label-smoothing is {self.label_smoothing}; it must be in [0, 1)."]
-        return []
+        return self.not_probability("label_smoothing")
 
     def build(self):
         from torch import nn

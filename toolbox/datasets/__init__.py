@@ -45,6 +45,8 @@ class DatasetSplits:
 
 @dataclass(frozen=True)
 class DatasetConfig(Component):
+    option_prefix = "--data."
+
     val_fraction: float = 0.1
     """Fraction of the training data held out for validation, in [0, 1)."""
     split_seed: int = 0

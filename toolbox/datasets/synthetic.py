@@ -31,10 +31,7 @@ class Synthetic(DatasetConfig):
 
     def problems(self) -> list[str]:
         found = super().problems()
-        for name in ("num_train", "num_test", "num_classes"):
-            if getattr(self, name) <= 0:
-                option = "--data." + name.replace("_", "-")
-                found.append(f"{option} is {getattr(self, name)}; it must be positive.")
+        found += self.not_positive("num_train", "num_test", "num_classes")
         if not self.input_shape or min(self.input_shape) <= 0:
             found.append(
                 f"--data.input-shape is {list(self.input_shape)}; give positive sizes, "

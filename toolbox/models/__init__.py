@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelConfig(Component):
+    option_prefix = "--model."
+
     def build(self, info: DatasetInfo) -> nn.Module:
         """The model for inputs of ``info.input_shape`` and ``info.num_outputs`` outputs."""
         raise NotImplementedError

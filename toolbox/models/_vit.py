@@ -21,6 +21,9 @@ class VisionTransformer(nn.Module):
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size)
         self.class_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.position = nn.Parameter(torch.randn(1, num_patches + 1, embed_dim) * 0.02)
+        # Decaying these pulls them toward zero, which only erases what they encode.
+        self.class_token.no_weight_decay = True
+        self.position.no_weight_decay = True
         layer = nn.TransformerEncoderLayer(
             embed_dim,
             num_heads,

@@ -18,14 +18,12 @@ class CNN(ModelConfig):
     """Dropout probability before each linear layer, in [0, 1)."""
 
     def problems(self) -> list[str]:
-        found = []
-        if min(self.channels) <= 0 or self.hidden_size <= 0:
+        found = self.not_positive("hidden_size") + self.not_probability("dropout")
+        if min(self.channels) <= 0:
             found.append(
-                f"--model.channels {list(self.channels)} and --model.hidden-size "
-                f"{self.hidden_size} must be positive integers."
+                f"--model.channels is {list(self.channels)}; both must be positive "
+                "(e.g. --model.channels 32 64)."
             )
-        if not 0.0 <= self.dropout < 1.0:
-            found.append(f"--model.dropout is {self.dropout}; it must be in [0, 1).")
         return found
 
     def build(self, info):

@@ -31,9 +31,7 @@ class MLP(ModelConfig):
                 f"--model.hidden-sizes is {list(self.hidden_sizes)}; every width must be a "
                 "positive integer (e.g. --model.hidden-sizes 256 128)."
             )
-        if not 0.0 <= self.dropout < 1.0:
-            found.append(f"--model.dropout is {self.dropout}; it must be in [0, 1).")
-        return found
+        return found + self.not_probability("dropout")
 
     def build(self, info):
         from torch import nn

@@ -25,19 +25,13 @@ class ViTTiny(ModelConfig):
     """Dropout probability in the encoder layers, in [0, 1)."""
 
     def problems(self) -> list[str]:
-        found = []
-        for name in ("patch_size", "embed_dim", "depth", "num_heads"):
-            if getattr(self, name) <= 0:
-                option = "--model." + name.replace("_", "-")
-                found.append(f"{option} is {getattr(self, name)}; it must be positive.")
+        found = self.not_positive("patch_size", "embed_dim", "depth", "num_heads")
         if self.num_heads > 0 and self.embed_dim > 0 and self.embed_dim % self.num_heads:
             found.append(
                 f"--model.embed-dim {self.embed_dim} is not divisible by --model.num-heads "
                 f"{self.num_heads}; pick a head count that divides it (e.g. 3 for 192)."
             )
-        if not 0.0 <= self.dropout < 1.0:
-            found.append(f"--model.dropout is {self.dropout}; it must be in [0, 1).")
-        return found
+        return found + self.not_probability("dropout")
 
     def build(self, info):
         from toolbox.models._vit import VisionTransformer

@@ -15,12 +15,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class OptimizerConfig(Component):
+    option_prefix = "--optim."
+
     lr: float = 1e-3
     """Peak learning rate (schedulers scale it)."""
     weight_decay: float = 0.0
     """Weight decay coefficient (L2 penalty for sgd and adam, decoupled for adamw)."""
     decay_norm_and_bias: bool = False
-    """Also apply weight decay to biases and normalisation weights (off: the usual practice)."""
+    """Also decay biases, norm weights and embeddings marked no_weight_decay (off: usual)."""
 
     def problems(self) -> list[str]:
         found = []
@@ -31,13 +33,18 @@ class OptimizerConfig(Component):
         return found
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        """Two groups: matrices and conv kernels decay; biases and norm weights (1-D) don't."""
+        """Two groups: matrices and conv kernels decay; biases, norm weights (1-D) and
+        parameters a model marks ``no_weight_decay`` (a ViT's tokens and positions) don't."""
         params = [p for p in model.parameters() if p.requires_grad]
         if self.decay_norm_and_bias:
             return [{"params": params, "weight_decay": self.weight_decay}]
+
+        def decays(param) -> bool:
+            return param.ndim >= 2 and not getattr(param, "no_weight_decay", False)
+
         return [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": self.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+            {"params": [p for p in params if decays(p)], "weight_decay": self.weight_decay},
+            {"params": [p for p in params if not decays(p)], "weight_decay": 0.0},
         ]
 
     def build(self, model: nn.Module) -> torch.optim.Optimizer:

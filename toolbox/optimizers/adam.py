@@ -16,11 +16,7 @@ class _AdamFamily(OptimizerConfig):
 
     def problems(self) -> list[str]:
         found = super().problems()
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                found.append(f"--optim.{name} is {value}; it must be in [0, 1).")
-        return found
+        return found + self.not_probability("beta1", "beta2")
 
 
 @register_optimizer("adam")

@@ -21,8 +21,7 @@ class SGD(OptimizerConfig):
 
     def problems(self) -> list[str]:
         found = super().problems()
-        if not 0.0 <= self.momentum < 1.0:
-            found.append(f"--optim.momentum is {self.momentum}; it must be in [0, 1).")
+        found += self.not_probability("momentum")
         if self.nesterov and self.momentum <= 0:
             found.append(
                 "--optim.nesterov needs a positive --optim.momentum; "

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SchedulerConfig(Component):
+    option_prefix = "--sched."
+
     interval: ClassVar[Literal["step", "eval"]] = "step"
     """When the trainer steps it: after each optimizer step, or after each evaluation with
     the monitored metric."""

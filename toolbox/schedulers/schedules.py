@@ -32,9 +32,7 @@ class Step(LambdaSchedulerConfig):
     """Factor applied at each decay."""
 
     def problems(self) -> list[str]:
-        found = []
-        if self.step_epochs <= 0:
-            found.append(f"--sched.step-epochs is {self.step_epochs}; it must be positive.")
+        found = self.not_positive("step_epochs")
         if not 0.0 < self.gamma <= 1.0:
             found.append(f"--sched.gamma is {self.gamma}; it must be in (0, 1].")
         return found
@@ -49,7 +47,7 @@ class Linear(LambdaSchedulerConfig):
     """Decay linearly from --optim.lr to --sched.final-fraction of it over the run."""
 
     final_fraction: float = 0.0
-    """Learning rate at the last step, as a fraction of --optim.lr."""
+    """Learning rate reached at the end of the run, as a fraction of --optim.lr."""
 
     def problems(self) -> list[str]:
         return _fraction_problem("--sched.final-fraction", self.final_fraction)
@@ -65,7 +63,7 @@ class Cosine(LambdaSchedulerConfig):
     """Cosine decay from --optim.lr to --sched.final-fraction of it over the run."""
 
     final_fraction: float = 0.0
-    """Learning rate at the last step, as a fraction of --optim.lr."""
+    """Learning rate reached at the end of the run, as a fraction of --optim.lr."""
 
     def problems(self) -> list[str]:
         return _fraction_problem("--sched.final-fraction", self.final_fraction)
@@ -79,7 +77,7 @@ class Cosine(LambdaSchedulerConfig):
 @register_scheduler("warmup_cosine")
 @dataclass(frozen=True)
 class WarmupCosine(Cosine):
-    """Linear warm-up from zero over --sched.warmup-epochs, then cosine decay."""
+    """Linear warm-up to --optim.lr over --sched.warmup-epochs, then cosine decay."""
 
     warmup_epochs: float = 1.0
     """Length of the warm-up, in epochs (fractions allowed)."""
