@@ -43,20 +43,32 @@ def find_file(folder: Path, name: str) -> Path | None:
     return None
 
 
-def missing_files_error(dataset: str, folder: Path, names: list[str], reason: str) -> UserError:
+def missing_files_error(
+    dataset: str, root: Path, folder: Path, names: list[str], reason: str
+) -> UserError:
+    """``folder`` is the dataset's folder under ``root``, as torchvision lays it out."""
+    fetch = (
+        "or run once with network access to download them"
+        if reason.startswith("download failed")
+        else "or allow the download with --data.download (needs network access)"
+    )
     return UserError(
         f"{dataset} files not found: {', '.join(names)} are missing from {folder} ({reason}). "
-        f"Put the original files there (gzipped or not), or point --data.root at the "
-        f"directory that holds {folder.parent.name}/{folder.name}, or allow the download "
-        f"with --data.download on a machine with network access."
+        f"Put the original files there, or point --data.root at the directory that holds "
+        f"{folder.relative_to(root)}/, {fetch}."
     )
 
 
 def fetch_idx_files(
-    dataset: str, folder: Path, mirrors: list[str], resources: list[tuple[str, str]],
+    dataset: str,
+    root: Path,
+    folder: Path,
+    mirrors: list[str],
+    resources: list[tuple[str, str]],
     download: bool,
 ) -> dict[str, Path]:
-    """Paths to each IDX file of ``resources`` (name.gz, md5), downloading the missing ones."""
+    """Paths to each IDX file of ``resources`` (name.gz, md5) in ``folder`` under ``root``,
+    downloading the missing ones."""
     from torchvision.datasets.utils import download_url
 
     def stem(filename: str) -> str:
@@ -65,9 +77,8 @@ def fetch_idx_files(
     found = {stem(name): find_file(folder, stem(name)) for name, _ in resources}
     missing = [(name, md5) for name, md5 in resources if found[stem(name)] is None]
     if missing and not download:
-        raise missing_files_error(
-            dataset, folder, [name for name, _ in missing], "download is off"
-        )
+        names = [name for name, _ in missing]
+        raise missing_files_error(dataset, root, folder, names, "download is off")
     for name, md5 in missing:
         errors = []
         for mirror in mirrors:
@@ -82,7 +93,7 @@ def fetch_idx_files(
             (folder / name).unlink(missing_ok=True)
             still_missing = [other for other, _ in missing if found[stem(other)] is None]
             raise missing_files_error(
-                dataset, folder, still_missing, "download failed: " + "; ".join(errors)
+                dataset, root, folder, still_missing, "download failed: " + "; ".join(errors)
             )
         found[stem(name)] = folder / name
     return found

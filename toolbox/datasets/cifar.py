@@ -34,7 +34,9 @@ class _CIFARFormat(FileDatasetConfig):
         names.append(source.meta["filename"])
         missing = [name for name in names if not (folder / name).is_file()]
         if missing and not self.download:
-            raise missing_files_error(self.registered_name, folder, missing, "download is off")
+            raise missing_files_error(
+                self.registered_name, Path(self.root), folder, missing, "download is off"
+            )
         if missing:
             try:
                 download_and_extract_archive(
@@ -42,7 +44,11 @@ class _CIFARFormat(FileDatasetConfig):
                 )
             except Exception as error:  # noqa: BLE001 - any failure gets the same advice
                 raise missing_files_error(
-                    self.registered_name, folder, missing, f"download failed: {error}"
+                    self.registered_name,
+                    Path(self.root),
+                    folder,
+                    missing,
+                    f"download failed: {error}",
                 ) from error
         classes = unpickle_cifar(folder / source.meta["filename"])[source.meta["key"]]
         train = read_cifar_batches(folder, [n for n, _ in source.train_list], self.label_key)

@@ -26,7 +26,12 @@ class _MNISTFormat(FileDatasetConfig):
         source = getattr(torchvision.datasets, self.torchvision_class)
         folder = Path(self.root) / self.torchvision_class / "raw"
         files = fetch_idx_files(
-            self.registered_name, folder, source.mirrors, source.resources, self.download
+            self.registered_name,
+            Path(self.root),
+            folder,
+            source.mirrors,
+            source.resources,
+            self.download,
         )
 
         def split(prefix: str) -> dict:
