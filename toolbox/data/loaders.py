@@ -10,7 +10,19 @@ import torch
 Batch = dict[str, torch.Tensor]
 
 
-class InMemoryLoader:
+class _SeededLoader:
+    """Shuffles with a generator of its own, whose state checkpoints save and restore."""
+
+    generator: torch.Generator
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class InMemoryLoader(_SeededLoader):
     """Slices batches out of tensors that live on the training device.
 
     Each epoch draws one permutation from a seeded generator on that device, so an epoch
@@ -54,12 +66,6 @@ class InMemoryLoader:
                 index = order[start:stop]
                 yield {key: value[index] for key, value in self.tensors.items()}
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
 
 class _TensorDictDataset(torch.utils.data.Dataset):
     def __init__(self, tensors: Batch) -> None:
@@ -72,7 +78,7 @@ class _TensorDictDataset(torch.utils.data.Dataset):
         return {key: value[index] for key, value in self.tensors.items()}
 
 
-class WorkerLoader:
+class WorkerLoader(_SeededLoader):
     """A torch DataLoader over the same tensors, for data served by worker processes.
 
     Batches stay in (pinned, on CUDA) host memory; the trainer copies them to the device.
@@ -106,12 +112,6 @@ class WorkerLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         return iter(self.loader)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
 
 
 def make_loader(

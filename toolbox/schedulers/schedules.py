@@ -41,37 +41,39 @@ class Step(LambdaSchedulerConfig):
         return self.gamma ** (step // (self.step_epochs * steps_per_epoch))
 
 
-@register_scheduler("linear")
 @dataclass(frozen=True)
-class Linear(LambdaSchedulerConfig):
-    """Decay linearly from --optim.lr to --sched.final-fraction of it over the run."""
-
+class _DecayToFraction(LambdaSchedulerConfig):
     final_fraction: float = 0.0
     """Learning rate reached at the end of the run, as a fraction of --optim.lr."""
 
     def problems(self) -> list[str]:
         return _fraction_problem("--sched.final-fraction", self.final_fraction)
 
+    def shape(self, progress: float) -> float:
+        """The decay from 1 at the start (progress 0) to 0 at the end (progress 1)."""
+        raise NotImplementedError
+
     def factor(self, step, steps_per_epoch, total_steps):
-        progress = min(step / total_steps, 1.0)
-        return 1.0 + (self.final_fraction - 1.0) * progress
+        decay = self.shape(min(step / total_steps, 1.0))
+        return self.final_fraction + (1.0 - self.final_fraction) * decay
+
+
+@register_scheduler("linear")
+@dataclass(frozen=True)
+class Linear(_DecayToFraction):
+    """Decay linearly from --optim.lr to --sched.final-fraction of it over the run."""
+
+    def shape(self, progress):
+        return 1.0 - progress
 
 
 @register_scheduler("cosine")
 @dataclass(frozen=True)
-class Cosine(LambdaSchedulerConfig):
+class Cosine(_DecayToFraction):
     """Cosine decay from --optim.lr to --sched.final-fraction of it over the run."""
 
-    final_fraction: float = 0.0
-    """Learning rate reached at the end of the run, as a fraction of --optim.lr."""
-
-    def problems(self) -> list[str]:
-        return _fraction_problem("--sched.final-fraction", self.final_fraction)
-
-    def factor(self, step, steps_per_epoch, total_steps):
-        progress = min(step / total_steps, 1.0)
-        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-        return self.final_fraction + (1.0 - self.final_fraction) * cosine
+    def shape(self, progress):
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @register_scheduler("warmup_cosine")
