@@ -12,13 +12,20 @@ SHARED_MNIST = REPO.parent / "shared" / "data"
 
 # A few fast synthetic epochs: small enough to run in about a second on 2 CPU cores.
 TINY = [
-    "--dataset", "synthetic",
-    "--data.num-train", "320",
-    "--data.num-test", "64",
-    "--batch-size", "32",
-    "--epochs", "2",
-    "--log-every", "5",
-    "--device", "cpu",
+    "--dataset",
+    "synthetic",
+    "--data.num-train",
+    "320",
+    "--data.num-test",
+    "64",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "2",
+    "--log-every",
+    "5",
+    "--device",
+    "cpu",
 ]
 
 

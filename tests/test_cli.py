@@ -53,9 +53,18 @@ def test_help_lists_every_selector_choice_and_the_component_groups():
         line = next(line for line in text.splitlines() if f"--{selector} {{" in line)
         assert all(name in line for name in registry.names()), line
     assert all(name in text for name in METRICS.names())
-    for option in ("--model.hidden-sizes", "--data.val-fraction", "--optim.lr",
-                   "--sched.final-fraction", "--loss.label-smoothing", "--epochs",
-                   "--batch-size", "--precision", "--resume", "--monitor"):
+    for option in (
+        "--model.hidden-sizes",
+        "--data.val-fraction",
+        "--optim.lr",
+        "--sched.final-fraction",
+        "--loss.label-smoothing",
+        "--epochs",
+        "--batch-size",
+        "--precision",
+        "--resume",
+        "--monitor",
+    ):
         assert option in text
 
 
@@ -119,8 +128,10 @@ def _error_of(capsys, train, *argv) -> str:
         (["--criterion", "mse"], ["--criterion mse", "classification", "cross_entropy"]),
         (["--metrics", "accuracy", "rmse"], ["--metrics rmse", "accuracy"]),
         (["--monitor", "val_top5"], ["--monitor", "val_top5", "val_accuracy"]),
-        (["--resume", "no/such/checkpoint.pth.tar"], ["no/such/checkpoint.pth.tar",
-                                                      "does not exist"]),
+        (
+            ["--resume", "no/such/checkpoint.pth.tar"],
+            ["no/such/checkpoint.pth.tar", "does not exist"],
+        ),
         (["--optim.lr", "0", "--model.dropout", "2"], ["--optim.lr", "--model.dropout"]),
         (["--arch"], ["--arch", "expected one argument"]),
     ],

@@ -48,9 +48,7 @@ def test_readme_model_and_dataset_examples_train_and_test(
     added_component(
         toolbox.models, MODELS, "linear_probe", readme_example("toolbox/models/linear_probe.py")
     )
-    added_component(
-        toolbox.datasets, DATASETS, "iris", readme_example("toolbox/datasets/iris.py")
-    )
+    added_component(toolbox.datasets, DATASETS, "iris", readme_example("toolbox/datasets/iris.py"))
     assert "linear_probe" in MODELS.names() and "iris" in DATASETS.names()
 
     with pytest.raises(SystemExit):
@@ -58,8 +56,22 @@ def test_readme_model_and_dataset_examples_train_and_test(
     shown = capsys.readouterr().out
     assert "--model.bias" in shown and "--data.test-fraction" in shown
 
-    argv = ["--arch", "linear_probe", "--dataset", "iris", "--epochs", "30", "--batch-size",
-            "16", "--optim.lr", "0.05", "--device", "cpu", "--run-name", "iris"]
+    argv = [
+        "--arch",
+        "linear_probe",
+        "--dataset",
+        "iris",
+        "--epochs",
+        "30",
+        "--batch-size",
+        "16",
+        "--optim.lr",
+        "0.05",
+        "--device",
+        "cpu",
+        "--run-name",
+        "iris",
+    ]
     assert train(*argv) == 0
     assert evaluate(str(tmp_path / "outputs" / "iris")) == 0
     metrics = pd.read_csv(tmp_path / "outputs" / "iris" / "test" / "test_metrics.csv")

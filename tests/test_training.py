@@ -21,15 +21,20 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture
 def run_dir(train, tmp_path) -> Path:
-    assert train(*TINY, "--epochs", "3", "--metrics", "accuracy", "top5", "--run-name",
-                 "run") == 0
+    assert train(*TINY, "--epochs", "3", "--metrics", "accuracy", "top5", "--run-name", "run") == 0
     return tmp_path / "outputs" / "run"
 
 
 def test_run_directory_holds_every_record(run_dir):
     names = {path.name for path in run_dir.iterdir()}
-    assert {"config.json", "checkpoint.pth.tar", "model_best.pth.tar", "training.log",
-            "metrics.csv", "env.json"} <= names
+    assert {
+        "config.json",
+        "checkpoint.pth.tar",
+        "model_best.pth.tar",
+        "training.log",
+        "metrics.csv",
+        "env.json",
+    } <= names
     assert any(name.startswith("events.out.tfevents") for name in names)
 
     config = from_plain(json.loads((run_dir / "config.json").read_text()))
@@ -37,16 +42,22 @@ def test_run_directory_holds_every_record(run_dir):
     assert config.data.num_train == 320 and config.metrics == ("accuracy", "top5")
 
     state = torch.load(run_dir / "checkpoint.pth.tar", weights_only=True)
-    assert {"model", "optimizer", "scheduler", "scaler", "rng", "progress", "config"} <= set(
-        state
-    )
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "progress", "config"} <= set(state)
     assert state["progress"]["epoch"] == 3 and from_plain(state["config"]) == config
     assert state["progress"]["step"] == 3 * (288 // 32)
 
     rows = read_rows(run_dir / "metrics.csv")
     assert [row["epoch"] for row in rows] == ["1", "2", "3"]
-    assert list(rows[0]) == ["epoch", "step", "lr", "train_loss", "val_loss", "val_accuracy",
-                             "val_top5", "elapsed_s"]
+    assert list(rows[0]) == [
+        "epoch",
+        "step",
+        "lr",
+        "train_loss",
+        "val_loss",
+        "val_accuracy",
+        "val_top5",
+        "elapsed_s",
+    ]
     assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
 
     env = json.loads((run_dir / "env.json").read_text())
@@ -97,8 +108,9 @@ def test_resume_continues_the_run_and_matches_training_straight_through(train, t
     for a, b in zip(straight_rows, resumed_rows, strict=True):
         a.pop("elapsed_s"), b.pop("elapsed_s")
         assert a == b
-    straight = torch.load(tmp_path / "outputs" / "straight" / "checkpoint.pth.tar",
-                          weights_only=True)
+    straight = torch.load(
+        tmp_path / "outputs" / "straight" / "checkpoint.pth.tar", weights_only=True
+    )
     final = torch.load(resumed / "checkpoint.pth.tar", weights_only=True)
     for key, value in straight["model"].items():
         assert torch.equal(value, final["model"][key]), key
@@ -110,8 +122,12 @@ def test_resume_continues_the_run_and_matches_training_straight_through(train, t
 
 def test_resume_refuses_options_fixed_by_the_checkpoint(capsys, train, run_dir):
     checkpoint = str(run_dir / "checkpoint.pth.tar")
-    for argv in (["--arch", "cnn"], ["--dataset", "digits"], ["--model.hidden-sizes", "32"],
-                 ["--data.num-train", "100"]):
+    for argv in (
+        ["--arch", "cnn"],
+        ["--dataset", "digits"],
+        ["--model.hidden-sizes", "32"],
+        ["--data.num-train", "100"],
+    ):
         assert train("--resume", checkpoint, "--epochs", "5", *argv) == 2
         err = " ".join(capsys.readouterr().err.split())
         assert "cannot change when a run is resumed" in err and argv[0].lstrip("-")[:6] in err
@@ -141,17 +157,42 @@ def test_test_py_writes_metrics_and_predictions(evaluate, run_dir, capsys):
 
 
 def test_regression_trains_and_writes_prediction_columns(train, evaluate, tmp_path):
-    argv = [*TINY, "--data.task", "regression", "--data.num-classes", "2", "--data.noise",
-            "0.1", "--criterion", "mse", "--metrics", "mae", "rmse", "--monitor", "val_rmse",
-            "--model.dropout", "0", "--epochs", "4", "--run-name", "reg"]
+    argv = [
+        *TINY,
+        "--data.task",
+        "regression",
+        "--data.num-classes",
+        "2",
+        "--data.noise",
+        "0.1",
+        "--criterion",
+        "mse",
+        "--metrics",
+        "mae",
+        "rmse",
+        "--monitor",
+        "val_rmse",
+        "--model.dropout",
+        "0",
+        "--epochs",
+        "4",
+        "--run-name",
+        "reg",
+    ]
     assert train(*argv) == 0
     run_dir = tmp_path / "outputs" / "reg"
     rows = read_rows(run_dir / "metrics.csv")
     assert float(rows[-1]["val_rmse"]) < float(rows[0]["val_rmse"])
     assert evaluate(str(run_dir)) == 0
     predictions = pd.read_csv(run_dir / "test" / "test_predictions.csv")
-    assert list(predictions.columns) == ["index", "target_0", "target_1", "prediction_0",
-                                         "prediction_1", "loss"]
+    assert list(predictions.columns) == [
+        "index",
+        "target_0",
+        "target_1",
+        "prediction_0",
+        "prediction_1",
+        "loss",
+    ]
 
 
 def test_default_digits_run_reaches_093_test_accuracy(train, evaluate, tmp_path):

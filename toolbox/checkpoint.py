@@ -39,15 +39,19 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     error naming the file."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(
-            f"{path} is a directory; give a checkpoint file such as {path / LAST}."
-        )
+        raise UserError(f"{path} is a directory; give a checkpoint file such as {path / LAST}.")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; check the path.")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile,
-            ValueError, OSError) as error:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+    ) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise UserError(
             f"{path} is not a loadable checkpoint ({first_line[:300]}); it may be truncated, "

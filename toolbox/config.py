@@ -145,17 +145,21 @@ def with_components(config: TrainingConfig, **names: str) -> TrainingConfig:
 def problems(config: TrainingConfig) -> list[str]:
     """Every problem with ``config``, each naming the option, its value and the fix."""
     found = []
-    for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "eval_every",
-                 "log_every"):
+    for name in (
+        "epochs",
+        "batch_size",
+        "eval_batch_size",
+        "grad_accum",
+        "eval_every",
+        "log_every",
+    ):
         value = getattr(config, name)
         if value < 1:
             found.append(f"--{name.replace('_', '-')} is {value}; it must be at least 1.")
     if config.num_workers < 0:
         found.append(f"--num-workers is {config.num_workers}; it must be 0 or more.")
     if config.clip_grad is not None and config.clip_grad <= 0:
-        found.append(
-            f"--clip-grad is {config.clip_grad}; give a positive norm (e.g. 1.0) or None."
-        )
+        found.append(f"--clip-grad is {config.clip_grad}; give a positive norm (e.g. 1.0) or None.")
     if not DEVICE_PATTERN.fullmatch(config.device):
         found.append(
             f"--device is {config.device!r}; use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps."
@@ -163,9 +167,7 @@ def problems(config: TrainingConfig) -> list[str]:
     if config.run_name is not None and (
         not config.run_name or "/" in config.run_name or config.run_name in (".", "..")
     ):
-        found.append(
-            f"--run-name is {config.run_name!r}; give a plain directory name (no '/')."
-        )
+        found.append(f"--run-name is {config.run_name!r}; give a plain directory name (no '/').")
     for slot in SLOTS:
         found.extend(getattr(config, slot).problems())
 
@@ -284,8 +286,16 @@ def from_plain(data: Any, source: str = "config") -> TrainingConfig:
 # What a resumed run cannot change: the model and data it was trained on, the optimizer and
 # schedule whose states it carries, and what its records are keyed by.
 FIXED_ON_RESUME = (
-    "arch", "dataset", "optimizer", "scheduler", "criterion", "metrics", "monitor", "seed",
-    "output_dir", "run_name",
+    "arch",
+    "dataset",
+    "optimizer",
+    "scheduler",
+    "criterion",
+    "metrics",
+    "monitor",
+    "seed",
+    "output_dir",
+    "run_name",
 )
 # Data options that may change on resume because they do not change which samples are seen.
 DATA_OPTIONS_FREE_ON_RESUME = ("root", "download", "loader")

@@ -123,5 +123,3 @@ def evaluate_run(options: EvaluateConfig) -> Path:
         f"{out_dir / f'{options.split}_predictions.csv'}"
     )
     return out_dir
-
-

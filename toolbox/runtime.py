@@ -72,8 +72,10 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(
         {
             "bit_generator": "MT19937",
-            "state": {"key": numpy_state["key"].numpy().astype(np.uint32),
-                      "pos": numpy_state["pos"]},
+            "state": {
+                "key": numpy_state["key"].numpy().astype(np.uint32),
+                "pos": numpy_state["pos"],
+            },
             "has_gauss": numpy_state["has_gauss"],
             "gauss": numpy_state["gauss"],
         }

@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-
 @dataclass(frozen=True)
 class CriterionConfig(Component):
     option_prefix = "--loss."

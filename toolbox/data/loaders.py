@@ -148,8 +148,9 @@ class Normalizer:
     """Turns stored inputs (uint8 pixels or floats) into normalised float tensors, batched
     on the device: ``(x - mean) / std`` with per-channel statistics in stored units."""
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], ndim: int,
-                 device: torch.device) -> None:
+    def __init__(
+        self, mean: tuple[float, ...], std: tuple[float, ...], ndim: int, device: torch.device
+    ) -> None:
         shape = (1, len(mean)) + (1,) * (ndim - 1) if len(mean) > 1 else (1,)
         self.mean = torch.tensor(mean, device=device).reshape(shape)
         self.inv_std = 1.0 / torch.tensor(std, device=device).reshape(shape)

@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     import torch
 
 
-
 @dataclass(frozen=True)
 class MetricConfig(Component):
     tasks: ClassVar[tuple[Task, ...]] = ("classification", "regression")

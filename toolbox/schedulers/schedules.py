@@ -126,5 +126,3 @@ class Plateau(SchedulerConfig):
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=mode, factor=self.factor, patience=self.patience, min_lr=self.min_lr
         )
-
-
