@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
@@ -16,13 +16,13 @@ from toolbox.errors import UserError
 class EvaluateConfig:
     """Evaluate a trained run on its test (or validation) split."""
 
-    run: tyro.conf.Positional[Path]
+    run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_DIR_OR_CHECKPOINT")]
     """A run directory (outputs/<run>) or a checkpoint file inside one."""
     split: Literal["test", "val"] = "test"
     """Split to evaluate."""
     checkpoint: Literal["best", "last"] = "best"
     """Which checkpoint of a run directory: model_best.pth.tar or checkpoint.pth.tar (ignored
-    when RUN is a checkpoint file)."""
+    when a checkpoint file is given)."""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps."""
     batch_size: int | None = None
