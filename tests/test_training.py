@@ -117,7 +117,7 @@ def test_resume_continues_the_run_and_matches_training_straight_through(train, t
     config = json.loads((resumed / "config.json").read_text())
     assert config["epochs"] == 4
     log = (resumed / "training.log").read_text()
-    assert "epoch 2/2 train_loss" in log and "resuming at epoch 3" in log
+    assert "epoch 2/2 train_loss" in log and f"resuming {resumed} at epoch 3" in log
 
 
 def test_resume_refuses_options_fixed_by_the_checkpoint(capsys, train, run_dir):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -16,6 +18,13 @@ from toolbox.errors import UserError
 FORMAT = "toolbox.checkpoint"
 LAST = "checkpoint.pth.tar"
 BEST = "model_best.pth.tar"
+PER_EPOCH = re.compile(r"checkpoint_e(\d+)\.pth\.tar")
+# torch.compile wraps a model; its state_dict keys gain this prefix, which we never save.
+COMPILED_PREFIX = "_orig_mod."
+
+
+def per_epoch_name(epoch: int) -> str:
+    return f"checkpoint_e{epoch}.pth.tar"
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -32,6 +41,56 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable: without this a power cut can undo it after we reported it."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # some platforms cannot open directories; the rename is still atomic
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete temporary files a killed process left behind (``.NAME.XXXX``)."""
+    stale = [path for path in Path(directory).glob(".*.pth.tar.*") if path.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def keep_copy(directory: Path, source: str, name: str) -> None:
+    """``directory/name`` becomes a copy of ``directory/source``: a hard link when the file
+    system has them (instant, and later replacements of ``source`` do not touch it)."""
+    target = Path(directory) / name
+    temporary = target.with_name(f".{name}.link")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(Path(directory) / source, temporary)
+    except OSError:
+        shutil.copyfile(Path(directory) / source, temporary)
+    os.replace(temporary, target)
+
+
+def prune_per_epoch(directory: Path, keep_last: int, keypoints: tuple[int, ...]) -> list[Path]:
+    """Delete per-epoch checkpoints beyond the newest ``keep_last``; keypoints stay."""
+    found = sorted(
+        (int(match.group(1)), path)
+        for path in Path(directory).iterdir()
+        if (match := PER_EPOCH.fullmatch(path.name))
+    )
+    prunable = [path for epoch, path in found if epoch not in keypoints]
+    doomed = prunable[: max(len(prunable) - keep_last, 0)]
+    for path in doomed:
+        path.unlink()
+    return doomed
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -52,9 +111,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         ValueError,
         OSError,
     ) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise UserError(
-            f"{path} is not a loadable checkpoint ({first_line[:300]}); it may be truncated, "
+            f"{path} is not a loadable checkpoint ({_first_line(error)}); it may be truncated, "
             "corrupt, or not a toolbox checkpoint."
         ) from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -63,3 +121,77 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             "give the checkpoint.pth.tar or model_best.pth.tar of a toolbox run."
         )
     return state
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights in ``path``: a toolbox checkpoint or a plain saved state_dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--init-from {path}: no such file; check the path.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+    ) as error:
+        raise UserError(
+            f"--init-from {path} is not a loadable weights file ({_first_line(error)})."
+        ) from error
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        state = state["model"]
+    if not isinstance(state, dict) or not all(
+        isinstance(value, torch.Tensor) for value in state.values()
+    ):
+        raise UserError(
+            f"--init-from {path} holds neither a toolbox checkpoint nor a state_dict of tensors."
+        )
+    return state
+
+
+def _describe(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def load_model_state(
+    model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str, *, strict: bool
+) -> list[str]:
+    """Load ``weights`` into ``model``. Strict: any missing, unexpected or mis-shaped key is a
+    UserError listing them. Not strict (fine-tuning): the fitting keys load and the names of
+    the others are returned."""
+    weights = {key.replace(COMPILED_PREFIX, ""): value for key, value in weights.items()}
+    own = model.state_dict()
+    missing = sorted(own.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - own.keys())
+    mismatched = sorted(
+        f"{key} {tuple(weights[key].shape)} vs {tuple(own[key].shape)}"
+        for key in own.keys() & weights.keys()
+        if weights[key].shape != own[key].shape
+    )
+    problems = []
+    if mismatched:
+        problems.append(f"shapes differ (checkpoint vs model) for {_describe(mismatched)}")
+    if missing:
+        problems.append(f"the model has {_describe(missing)} but the checkpoint does not")
+    if unexpected:
+        problems.append(f"the checkpoint has {_describe(unexpected)} but the model does not")
+    if strict and problems:
+        raise UserError(
+            f"{source}: its weights do not fit the model built from the config: "
+            + "; ".join(problems)
+            + ". Was the model's config changed since the checkpoint was written?"
+        )
+    fitting = {
+        key: value for key, value in weights.items() if key in own and value.shape == own[key].shape
+    }
+    model.load_state_dict(fitting, strict=strict)
+    return [key.split(" ")[0] for key in mismatched] + missing
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else repr(error)

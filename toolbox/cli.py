@@ -19,7 +19,7 @@ from toolbox.config import (
     validate,
     with_components,
 )
-from toolbox.errors import UserError
+from toolbox.errors import RunStopped, UserError
 
 
 class _SelectorParser(argparse.ArgumentParser):
@@ -37,7 +37,13 @@ def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> Traini
     for selector, _ in SLOTS.values():
         selectors.add_argument(f"--{selector}")
     selectors.add_argument("--resume", type=Path)
+    selectors.add_argument("--init-from", type=Path)
     chosen, _ = selectors.parse_known_args(argv)
+    if chosen.resume is not None and chosen.init_from is not None:
+        raise UserError(
+            "--init-from and --resume exclude each other: --resume continues a run with its "
+            "whole state, --init-from starts a new run from another run's weights."
+        )
     names = {selector: getattr(chosen, selector) for selector, _ in SLOTS.values()}
     for selector, registry in SLOTS.values():
         if names[selector] is not None:
@@ -75,6 +81,8 @@ def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None)
         # soft_wrap: paths and commands in the message stay whole for copy and paste.
         stderr.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
         return error.exit_code
+    except RunStopped as stopped:
+        return stopped.exit_code  # the trainer has said where it stopped and how to resume
     except KeyboardInterrupt:
         stderr.print("[bold red]interrupted[/]")
         return 130

@@ -109,6 +109,21 @@ class TrainingConfig:
     monitor: str = "val_loss"
     """Metric that picks model_best.pth.tar: val_loss or val_<metric> (min or max follows)."""
 
+    checkpoint_every_steps: int = 0
+    """Also write checkpoint.pth.tar every this many optimizer steps (0: at epoch ends only)."""
+    keep_last: int = 0
+    """Keep the newest this many per-epoch checkpoints, checkpoint_e<N>.pth.tar (0: none)."""
+    save_at: tuple[int, ...] = ()
+    """Epochs whose checkpoint_e<N>.pth.tar is kept for good, whatever --keep-last says."""
+    nan_policy: Literal["abort", "skip"] = "abort"
+    """On a non-finite loss: abort, keeping the last good checkpoint; or skip that batch."""
+    max_nan_skips: int = 10
+    """With --nan-policy skip: abort once this many batches were skipped in the run."""
+    deterministic: bool = False
+    """Use deterministic algorithms only (bit-exact reruns on GPUs too; some ops are slower)."""
+    init_from: Path | None = None
+    """Weights to start from (checkpoint or state_dict); keys of another shape are skipped."""
+
     output_dir: Path = Path("outputs")
     """Directory that holds one sub-directory per run."""
     run_name: str | None = None
@@ -156,8 +171,13 @@ def problems(config: TrainingConfig) -> list[str]:
         value = getattr(config, name)
         if value < 1:
             found.append(f"--{name.replace('_', '-')} is {value}; it must be at least 1.")
-    if config.num_workers < 0:
-        found.append(f"--num-workers is {config.num_workers}; it must be 0 or more.")
+    for name in ("num_workers", "checkpoint_every_steps", "keep_last", "max_nan_skips"):
+        value = getattr(config, name)
+        if value < 0:
+            found.append(f"--{name.replace('_', '-')} is {value}; it must be 0 or more.")
+    if any(epoch < 1 for epoch in config.save_at):
+        found.append(f"--save-at is {' '.join(map(str, config.save_at))}; epochs count from 1.")
+
     if config.clip_grad is not None and config.clip_grad <= 0:
         found.append(f"--clip-grad is {config.clip_grad}; give a positive norm (e.g. 1.0) or None.")
     if not DEVICE_PATTERN.fullmatch(config.device):

@@ -111,6 +111,22 @@ class MetricsTable:
         self.path = path
         self.columns = columns
 
+    def drop_rows_after(self, step: int) -> None:
+        """Remove rows logged after ``step``: a resumed run is about to log them again."""
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as file:
+            rows = list(csv.DictReader(file))
+        kept = [row for row in rows if int(row["step"]) <= step]
+        if len(kept) == len(rows):
+            return
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        with open(temporary, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(kept)
+        os.replace(temporary, self.path)
+
     def append(self, row: dict) -> None:
         new = not self.path.exists() or self.path.stat().st_size == 0
         with open(self.path, "a", newline="") as file:

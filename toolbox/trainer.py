@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +15,10 @@ import torch
 from rich.console import Console
 
 from toolbox import checkpoint
-from toolbox.config import TrainingConfig, to_plain
+from toolbox.config import TrainingConfig, from_plain, to_plain
 from toolbox.data.loaders import Normalizer, make_loader, to_device
-from toolbox.errors import UserError
-from toolbox.evaluation import Evaluation, evaluate
+from toolbox.errors import DivergenceError, RunStopped, UserError
+from toolbox.evaluation import evaluate
 from toolbox.metrics import METRICS
 from toolbox.progress import ProgressDisplay, format_duration
 from toolbox.run import (
@@ -34,6 +37,8 @@ from toolbox.run import (
 )
 from toolbox.runtime import autocast, resolve_device, rng_state, seed_everything, set_rng_state
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 @dataclass
 class Progress:
@@ -44,10 +49,15 @@ class Progress:
     step: int = 0
     """Completed optimizer steps."""
     elapsed_s: float = 0.0
-    """Training and evaluation time so far, over all sessions of the run."""
+    """Wall time spent in fit(), over all sessions of the run."""
     best_value: float | None = None
     """Best value of the monitored metric so far."""
     best_epoch: int | None = None
+    epoch_loss_sum: float = 0.0
+    """Training loss summed over the samples of the current epoch seen so far."""
+    epoch_samples: int = 0
+    nan_skips: int = 0
+    """Batches skipped for a non-finite loss (--nan-policy skip)."""
 
 
 class Trainer:
@@ -57,11 +67,23 @@ class Trainer:
         resumed = checkpoint.load_checkpoint(config.resume) if config.resume else None
 
         # Everything that can fail on user input happens before the run directory exists.
+        if config.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
         seed_everything(config.seed)
         self.device = resolve_device(config.device)
         self.splits = config.data.build()
         info = self.splits.info
         self.model = config.model.build(info).to(self.device)
+        self.skipped_init_keys: list[str] = []
+        if config.init_from is not None and resumed is None:
+            self.skipped_init_keys = checkpoint.load_model_state(
+                self.model,
+                checkpoint.load_weights(config.init_from),
+                f"--init-from {config.init_from}",
+                strict=False,
+            )
         self.criterion = config.loss.build().to(self.device)
         self.metrics = {name: METRICS.get(name)() for name in config.metrics}
         self.normalizer = Normalizer(info.mean, info.std, len(info.input_shape), self.device)
@@ -111,34 +133,52 @@ class Trainer:
         # The compiled module shares parameters with self.model, whose state_dict (without
         # the "_orig_mod." prefix) is what checkpoints hold.
         self.forward_model = torch.compile(self.model) if config.compile else self.model
+        self.stop_signal: int | None = None
 
         self.run_dir = Path(config.resume).parent if resumed else new_run_dir(config)
         self.logger = setup_logging(self.run_dir / LOG, self.console, self.console.is_terminal)
-        self.table = MetricsTable(
-            self.run_dir / METRICS_FILE,
-            ["epoch", "step", "lr", "train_loss", "val_loss"]
-            + [f"val_{name}" for name in self.metrics]
-            + ["elapsed_s"],
-        )
+        columns = ["epoch", "step", "lr", "train_loss", "val_loss"]
+        columns += [f"val_{name}" for name in self.metrics]
+        columns += ["nan_skips"] if config.nan_policy == "skip" else []
+        self.table = MetricsTable(self.run_dir / METRICS_FILE, columns + ["elapsed_s"])
         self._write_records(resumed is not None)
 
     # --- set-up and records --------------------------------------------------------------
 
     def _restore(self, state: dict) -> None:
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as error:
-            raise UserError(
-                f"--resume {self.config.resume}: its weights do not fit the model built from "
-                f"its config ({str(error).splitlines()[0]})."
-            ) from error
+        checkpoint.load_model_state(
+            self.model, state["model"], f"--resume {self.config.resume}", strict=True
+        )
+        # Loading the states brings back the saved hyper-parameters too; the ones given now
+        # (--optim.*, --sched.*) must win, e.g. a lower --optim.lr after a divergence.
+        chosen = [
+            {key: value for key, value in group.items() if key != "params"}
+            for group in self.optimizer.param_groups
+        ]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        saved_lr = from_plain(state["config"]).optim.lr
+        self._apply_hyperparameters(chosen, self.config.optim.lr / saved_lr)
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.train_loader.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
         self.progress = Progress(**state["progress"])
+
+    def _apply_hyperparameters(self, chosen: list[dict], lr_ratio: float) -> None:
+        for group, fresh in zip(self.optimizer.param_groups, chosen, strict=True):
+            for key, value in fresh.items():
+                if key not in ("lr", "initial_lr"):
+                    group[key] = value
+            group["lr"] *= lr_ratio
+            if "initial_lr" in group:
+                group["initial_lr"] *= lr_ratio
+        if hasattr(self.scheduler, "base_lrs"):
+            self.scheduler.base_lrs = [lr * lr_ratio for lr in self.scheduler.base_lrs]
+        sched = self.config.sched
+        for name in ("factor", "patience"):  # ReduceLROnPlateau keeps these in its state
+            if hasattr(self.scheduler, name) and hasattr(sched, name):
+                setattr(self.scheduler, name, getattr(sched, name))
 
     def _write_records(self, resumed: bool) -> None:
         config = self.config
@@ -149,8 +189,20 @@ class Trainer:
         info = self.splits.info
         num_params = sum(p.numel() for p in self.model.parameters())
         num_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        verb = f"resuming at epoch {self.progress.epoch + 1}" if resumed else "run"
-        self.logger.info("%s %s", verb, self.run_dir)
+        if resumed:
+            position = self.train_loader.next_batch
+            self.logger.info(
+                "resuming %s at epoch %d%s",
+                self.run_dir,
+                self.progress.epoch + 1,
+                f", batch {position + 1} of {len(self.train_loader)}" if position else "",
+            )
+            for stale in checkpoint.remove_stale_temporaries(self.run_dir):
+                self.logger.info("removed %s, left by an interrupted write", stale.name)
+            # Rows and points written after the checkpoint was taken would be repeated.
+            self.table.drop_rows_after(self.progress.step)
+        else:
+            self.logger.info("run %s", self.run_dir)
         self.logger.info(
             "%s on %s: %s train / %s val samples, input %s, %d outputs (%s)",
             config.arch,
@@ -170,6 +222,14 @@ class Trainer:
             config.precision,
             ", compiled" if config.compile else "",
         )
+        if config.init_from is not None and not resumed:
+            self.logger.info(
+                "initialised from %s%s",
+                config.init_from,
+                f"; skipped (shape differs or absent): {', '.join(self.skipped_init_keys)}"
+                if self.skipped_init_keys
+                else "",
+            )
         self.logger.info("architecture:\n%s", self.model, extra={"file_only": True})
         self.logger.info("config: %s", to_plain(config), extra={"file_only": True})
         self.logger.info("environment: %s", env, extra={"file_only": True})
@@ -194,44 +254,96 @@ class Trainer:
         }
 
     def _save(self, name: str) -> None:
+        self.progress.elapsed_s = self._elapsed()
         try:
             checkpoint.save_atomic(self._state(), self.run_dir / name)
         except OSError as error:
             raise UserError(
                 f"could not write {self.run_dir / name} ({error}); the previous checkpoint is "
-                "intact. Free space or fix permissions, then resume."
+                "intact. Free space or fix permissions, then resume from it."
             ) from error
+
+    def _save_epoch_end(self) -> None:
+        config, epoch = self.config, self.progress.epoch
+        self._save(checkpoint.LAST)
+        if config.keep_last > 0 or epoch in config.save_at:
+            name = checkpoint.per_epoch_name(epoch)
+            checkpoint.keep_copy(self.run_dir, checkpoint.LAST, name)
+            checkpoint.prune_per_epoch(self.run_dir, config.keep_last, config.save_at)
+
+    def _elapsed(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self._session_started
+
+    # --- stopping ------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now (writes are atomic)
+        self.stop_signal = signum
+
+    def _stop_if_requested(self) -> None:
+        if self.stop_signal is None:
+            return
+        self._save(checkpoint.LAST)
+        name = signal.Signals(self.stop_signal).name
+        position = self.train_loader.state_dict()["next_batch"]
+        self.logger.info(
+            "stopped by %s after step %d (epoch %d%s); continue with: python train.py --resume %s",
+            name,
+            self.progress.step,
+            self.progress.epoch + (1 if position else 0),
+            f", batch {position} of {len(self.train_loader)}" if position else " done",
+            self.run_dir / checkpoint.LAST,
+        )
+        raise RunStopped(f"stopped by {name}", 128 + self.stop_signal)
+
+    def _diverged(self, epoch_idx: int, batch_idx: int) -> DivergenceError:
+        lr = self.optimizer.param_groups[0]["lr"]
+        last = self.run_dir / checkpoint.LAST
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
+        return DivergenceError(
+            f"the training loss became non-finite in epoch {epoch_idx + 1}, batch "
+            f"{batch_idx + 1} (after {self.progress.step} optimizer steps, lr {lr:.3g}); "
+            f"{kept}. Lower --optim.lr or set --clip-grad (e.g. 1.0), or use "
+            "--nan-policy skip to drop such batches."
+        )
 
     # --- the loop ------------------------------------------------------------------------
 
     def fit(self) -> Path:
         config = self.config
+        self._session_started = time.perf_counter()
+        self._elapsed_before = self.progress.elapsed_s
         total_steps = self.steps_per_epoch * config.epochs
         display = ProgressDisplay(self.console, self.logger, total_steps, self.progress.step)
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
             with display:
                 for epoch_idx in range(self.progress.epoch, config.epochs):
-                    started = time.perf_counter()
                     train_loss = self._train_epoch(epoch_idx, display)
                     self.progress.epoch = epoch_idx + 1
+                    self.progress.epoch_loss_sum = 0.0
+                    self.progress.epoch_samples = 0
                     if self.progress.epoch % config.eval_every == 0 or (
                         self.progress.epoch == config.epochs
                     ):
-                        self.progress.elapsed_s += time.perf_counter() - started
-                        started = time.perf_counter()
                         self._evaluate_and_record(train_loss, display)
-                    self.progress.elapsed_s += time.perf_counter() - started
-                    self._save(checkpoint.LAST)
+                    self._save_epoch_end()
+                    self._stop_if_requested()
         except KeyboardInterrupt:
             resume_from = self.run_dir / checkpoint.LAST
             if resume_from.exists():
                 self.logger.info(
-                    "interrupted in epoch %d; continue with: python train.py --resume %s",
-                    self.progress.epoch + 1,
+                    "interrupted; continue from the last checkpoint with: "
+                    "python train.py --resume %s",
                     resume_from,
                 )
             raise
         finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
             self.writer.close()
         best = self.progress.best_value
         self.logger.info(
@@ -248,16 +360,26 @@ class Trainer:
         return self.run_dir
 
     def _train_epoch(self, epoch_idx: int, display: ProgressDisplay) -> float:
-        config, device = self.config, self.device
+        config, device, progress = self.config, self.device, self.progress
         self.forward_model.train()
         epoch_label = f"epoch {epoch_idx + 1}/{config.epochs}"
         num_batches = len(self.train_loader)
-        # Loss sums stay on the device; the host reads them once per logging interval.
-        epoch_loss = torch.zeros((), device=device)
+        first_batch = self.train_loader.resume_batch  # > 0 when resuming mid-epoch
+        skip_policy = config.nan_policy == "skip"
+        # Sums stay on the device; the host reads them once per logging interval.
+        epoch_loss = torch.tensor(progress.epoch_loss_sum, device=device)
         window_loss = torch.zeros((), device=device)
-        epoch_samples = window_samples = 0
+        epoch_samples, window_samples = progress.epoch_samples, 0
+        # Index of the first batch whose loss was not finite (-1: none), found without a sync.
+        first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+
+        def check_finite() -> None:
+            bad = int(first_bad)  # a host sync; callers are at one already
+            if bad >= 0:
+                raise self._diverged(epoch_idx, bad)
+
         window_started = time.perf_counter()
-        for batch_idx, batch in enumerate(self.train_loader):
+        for batch_idx, batch in enumerate(self.train_loader, first_batch):
             batch = to_device(batch, device)
             target = batch["target"]
             group_start = batch_idx - batch_idx % config.grad_accum
@@ -265,12 +387,25 @@ class Trainer:
             with autocast(device, config.precision):
                 output = self.forward_model(self.normalizer(batch["input"]))
                 loss = self.criterion(output.float(), target)
-            self.scaler.scale(loss / group_size).backward()
-            batch_samples = target.shape[0]
-            epoch_loss += loss.detach() * batch_samples
-            window_loss += loss.detach() * batch_samples
-            epoch_samples += batch_samples
-            window_samples += batch_samples
+            finite = torch.isfinite(loss)
+            if skip_policy and not finite.item():  # the skip policy's one sync per batch
+                progress.nan_skips += 1
+                self.logger.info(
+                    "%s batch %d: non-finite loss, batch skipped (%d so far)",
+                    epoch_label,
+                    batch_idx + 1,
+                    progress.nan_skips,
+                )
+                if progress.nan_skips > config.max_nan_skips:
+                    raise self._diverged(epoch_idx, batch_idx)
+            else:
+                self.scaler.scale(loss / group_size).backward()
+                batch_samples = target.shape[0]
+                epoch_loss += loss.detach() * batch_samples
+                window_loss += loss.detach() * batch_samples
+                epoch_samples += batch_samples
+                window_samples += batch_samples
+                first_bad = torch.where(finite | (first_bad >= 0), first_bad, batch_idx)
             if batch_idx + 1 - group_start < group_size:
                 continue  # accumulate more gradients before stepping
             if config.clip_grad is not None:
@@ -281,21 +416,32 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if config.sched.interval == "step":
                 self.scheduler.step()
-            self.progress.step += 1
+            progress.step += 1
             display.advance()
-            if self.progress.step % config.log_every == 0:
+
+            if progress.step % config.log_every == 0 and window_samples:
                 mean_loss = (window_loss / window_samples).item()  # the interval's one sync
+                check_finite()
                 seconds = time.perf_counter() - window_started
                 display.report(epoch_label, mean_loss, window_samples / seconds)
-                self.writer.add_scalar("train/loss_step", mean_loss, self.progress.step)
+                self.writer.add_scalar("train/loss_step", mean_loss, progress.step)
                 window_loss.zero_()
                 window_samples = 0
                 window_started = time.perf_counter()
-        return (epoch_loss / epoch_samples).item()
+            every = config.checkpoint_every_steps
+            if (every and progress.step % every == 0) or self.stop_signal is not None:
+                check_finite()  # never save a state that has taken a non-finite step
+                progress.epoch_loss_sum = epoch_loss.item()
+                progress.epoch_samples = epoch_samples
+                if self.stop_signal is not None:
+                    self._stop_if_requested()
+                self._save(checkpoint.LAST)
+        check_finite()
+        return (epoch_loss / max(epoch_samples, 1)).item()
 
     def _evaluate_and_record(self, train_loss: float, display: ProgressDisplay) -> None:
-        config = self.config
-        result: Evaluation = evaluate(
+        config, progress = self.config, self.progress
+        result = evaluate(
             self.forward_model,
             self.val_loader,
             normalizer=self.normalizer,
@@ -311,17 +457,19 @@ class Trainer:
         if config.sched.interval == "eval":
             self.scheduler.step(monitored)
         lr = self.optimizer.param_groups[0]["lr"]
-        best = self.progress.best_value
-        improved = best is None or (
-            monitored < best if config.monitor_mode == "min" else monitored > best
+        best = progress.best_value
+        improved = math.isfinite(monitored) and (
+            best is None or (monitored < best if config.monitor_mode == "min" else monitored > best)
         )
         if improved:
-            self.progress.best_value = monitored
-            self.progress.best_epoch = self.progress.epoch
-        epoch = self.progress.epoch
-        row = {"epoch": epoch, "step": self.progress.step, "lr": lr, "train_loss": train_loss}
+            progress.best_value = monitored
+            progress.best_epoch = progress.epoch
+        epoch = progress.epoch
+        row = {"epoch": epoch, "step": progress.step, "lr": lr, "train_loss": train_loss}
         row.update(values)
-        row["elapsed_s"] = round(self.progress.elapsed_s, 3)
+        if config.nan_policy == "skip":
+            row["nan_skips"] = progress.nan_skips
+        row["elapsed_s"] = round(self._elapsed(), 3)
         self.table.append(row)
         self.writer.add_scalar("train/loss", train_loss, epoch)
         self.writer.add_scalar("lr", lr, epoch)

@@ -10,23 +10,79 @@ import torch
 Batch = dict[str, torch.Tensor]
 
 
-class _SeededLoader:
-    """Shuffles with a generator of its own, whose state checkpoints save and restore."""
+class _EpochLoader:
+    """Plans each epoch's batches and knows how far into the epoch it is.
 
-    generator: torch.Generator
+    An epoch's order is one permutation drawn from a seeded generator of the loader's own.
+    The state holds the generator as it was when the current epoch's permutation was drawn
+    and the number of batches already handed out, so a checkpoint taken mid-epoch resumes
+    at exactly the next batch and every later epoch draws what it would have drawn.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int,
+        generator_device: torch.device,
+    ) -> None:
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.generator = torch.Generator(device=generator_device).manual_seed(seed)
+        self.next_batch = 0
+        """Batches of the current epoch handed out so far."""
+        self._epoch_start_state = self.generator.get_state()
+        self._resume_at = 0
+        self._order: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def _begin_epoch(self) -> int:
+        """Draws the epoch's order; returns the index of the first batch to hand out."""
+        start, self._resume_at = self._resume_at, 0
+        if start == 0:
+            self._epoch_start_state = self.generator.get_state()
+        self._order = None
+        if self.shuffle:
+            self._order = torch.randperm(
+                self.num_samples, device=self.generator.device, generator=self.generator
+            )
+        self.next_batch = start
+        return start
+
+    def _index(self, batch_idx: int) -> torch.Tensor | slice:
+        start = batch_idx * self.batch_size
+        stop = min(start + self.batch_size, self.num_samples)
+        return slice(start, stop) if self._order is None else self._order[start:stop]
+
+    @property
+    def resume_batch(self) -> int:
+        """The batch the next epoch starts at: 0, or the position a checkpoint restored."""
+        return self._resume_at
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        if 0 < self.next_batch < len(self):
+            return {"generator": self._epoch_start_state, "next_batch": self.next_batch}
+        return {"generator": self.generator.get_state(), "next_batch": 0}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        self.next_batch = self._resume_at = state["next_batch"]
 
 
-class InMemoryLoader(_SeededLoader):
+class InMemoryLoader(_EpochLoader):
     """Slices batches out of tensors that live on the training device.
 
-    Each epoch draws one permutation from a seeded generator on that device, so an epoch
-    costs a ``randperm`` and one gather per tensor per batch, and nothing crosses to the host.
+    The permutation is drawn on that device, so an epoch costs a ``randperm`` and one gather
+    per tensor per batch, and nothing crosses to the host.
     """
 
     def __init__(
@@ -40,31 +96,21 @@ class InMemoryLoader(_SeededLoader):
         seed: int = 0,
     ) -> None:
         self.tensors = {key: value.to(device) for key, value in tensors.items()}
-        self.num_samples = len(next(iter(self.tensors.values())))
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+        num_samples = len(next(iter(self.tensors.values())))
+        super().__init__(
+            num_samples,
+            batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=seed,
+            generator_device=device,
+        )
 
     def __iter__(self) -> Iterator[Batch]:
-        order = None
-        if self.shuffle:
-            order = torch.randperm(
-                self.num_samples, device=self.generator.device, generator=self.generator
-            )
-        for batch_idx in range(len(self)):
-            start = batch_idx * self.batch_size
-            stop = min(start + self.batch_size, self.num_samples)
-            if order is None:
-                yield {key: value[start:stop] for key, value in self.tensors.items()}
-            else:
-                index = order[start:stop]
-                yield {key: value[index] for key, value in self.tensors.items()}
+        for batch_idx in range(self._begin_epoch(), len(self)):
+            index = self._index(batch_idx)
+            self.next_batch = batch_idx + 1
+            yield {key: value[index] for key, value in self.tensors.items()}
 
 
 class _TensorDictDataset(torch.utils.data.Dataset):
@@ -78,10 +124,30 @@ class _TensorDictDataset(torch.utils.data.Dataset):
         return {key: value[index] for key, value in self.tensors.items()}
 
 
-class WorkerLoader(_SeededLoader):
+class _PlannedBatches(torch.utils.data.Sampler):
+    """The DataLoader's batch sampler: the owning loader's plan for the current epoch."""
+
+    def __init__(self, owner: WorkerLoader) -> None:
+        self.owner = owner
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        owner = self.owner
+        for batch_idx in range(owner.first_batch, len(owner)):
+            index = owner._index(batch_idx)
+            if isinstance(index, slice):
+                yield list(range(index.start, index.stop))
+            else:
+                yield index.tolist()
+
+
+class WorkerLoader(_EpochLoader):
     """A torch DataLoader over the same tensors, for data served by worker processes.
 
     Batches stay in (pinned, on CUDA) host memory; the trainer copies them to the device.
+    Workers prefetch ahead, so the position counts batches handed to the trainer.
     """
 
     def __init__(
@@ -95,23 +161,29 @@ class WorkerLoader(_SeededLoader):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        self.generator = torch.Generator().manual_seed(seed)
-        self.loader = torch.utils.data.DataLoader(
-            _TensorDictDataset(tensors),
-            batch_size=batch_size,
+        dataset = _TensorDictDataset(tensors)
+        super().__init__(
+            len(dataset),
+            batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
+            seed=seed,
+            generator_device=torch.device("cpu"),
+        )
+        self.first_batch = 0
+        self.loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=_PlannedBatches(self),
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0,
-            generator=self.generator,
         )
 
-    def __len__(self) -> int:
-        return len(self.loader)
-
     def __iter__(self) -> Iterator[Batch]:
-        return iter(self.loader)
+        self.first_batch = self._begin_epoch()
+        for batch_idx, batch in enumerate(self.loader, self.first_batch):
+            self.next_batch = batch_idx + 1
+            yield batch
 
 
 def make_loader(
