@@ -429,6 +429,8 @@ class Trainer:
                 window_samples = 0
                 window_started = time.perf_counter()
             every = config.checkpoint_every_steps
+            if batch_idx + 1 == num_batches:
+                continue  # the epoch's end evaluates and saves (and stops) in fit()
             if (every and progress.step % every == 0) or self.stop_signal is not None:
                 check_finite()  # never save a state that has taken a non-finite step
                 progress.epoch_loss_sum = epoch_loss.item()

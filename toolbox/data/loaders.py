@@ -177,6 +177,9 @@ class WorkerLoader(_EpochLoader):
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0,
+            # Without a generator of its own, each new iterator draws its workers' base seed
+            # from the global RNG, which shifts dropout masks after a mid-epoch resume.
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def __iter__(self) -> Iterator[Batch]:

@@ -1,0 +1,202 @@
+"""Runs that survive: stopping at any step and resuming gives the run that never stopped."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, TINY
+from toolbox.progress import ProgressDisplay
+
+
+def rows_without_timing(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    for row in rows:
+        row.pop("elapsed_s")
+    return rows
+
+
+def assert_same_weights(run_a: Path, run_b: Path) -> None:
+    a = torch.load(run_a / "checkpoint.pth.tar", weights_only=True)
+    b = torch.load(run_b / "checkpoint.pth.tar", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["progress"]["step"] == b["progress"]["step"]
+
+
+@pytest.fixture
+def signal_at_step(monkeypatch):
+    """Sends ``signum`` to this process right after optimizer step ``step`` completes."""
+
+    def arrange(step: int, signum: int = signal.SIGTERM, times: int = 1) -> None:
+        advance = ProgressDisplay.advance
+
+        def advance_and_signal(self) -> None:
+            advance(self)
+            if self.steps == step:
+                for _ in range(times):
+                    os.kill(os.getpid(), signum)
+
+        monkeypatch.setattr(ProgressDisplay, "advance", advance_and_signal)
+
+    return arrange
+
+
+# Dropout on and a cosine schedule over the whole run: the RNG, the scheduler and the
+# loader position all have to come back exactly for the weights to match.
+EXACT = [*TINY, "--epochs", "3", "--model.dropout", "0.2", "--metrics", "accuracy", "top5"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["--data.loader", "dataloader"],
+        ["--grad-accum", "2", "--optimizer", "sgd", "--scheduler", "warmup_cosine"],
+        ["--arch", "cnn", "--precision", "bf16"],
+    ],
+    ids=["memory", "dataloader", "accumulation", "cnn-bf16"],
+)
+def test_stopping_mid_epoch_and_resuming_is_bit_exact(
+    train, tmp_path, monkeypatch, signal_at_step, capsys, extra
+):
+    outputs = tmp_path / "outputs"
+    assert train(*EXACT, *extra, "--run-name", "straight") == 0
+    steps_per_epoch = 9 // 2 + 1 if "--grad-accum" in extra else 9
+    stop_step = steps_per_epoch + 3  # in the middle of epoch 2
+    signal_at_step(stop_step)
+    assert train(*EXACT, *extra, "--run-name", "stopped") == 128 + signal.SIGTERM
+    stopped = outputs / "stopped"
+    state = torch.load(stopped / "checkpoint.pth.tar", weights_only=True)
+    assert state["progress"]["step"] == stop_step and state["progress"]["epoch"] == 1
+    assert 0 < state["loader"]["next_batch"] < 9
+    shown = capsys.readouterr().out
+    assert "stopped by SIGTERM" in shown
+    assert f"python train.py --resume {stopped / 'checkpoint.pth.tar'}" in shown
+
+    monkeypatch.undo()
+    assert train("--resume", str(stopped / "checkpoint.pth.tar")) == 0
+    assert_same_weights(outputs / "straight", stopped)
+    assert rows_without_timing(outputs / "straight") == rows_without_timing(stopped)
+
+
+def test_stopping_at_an_epoch_end_resumes_at_the_next_epoch(
+    train, tmp_path, monkeypatch, signal_at_step
+):
+    outputs = tmp_path / "outputs"
+    assert train(*EXACT, "--run-name", "straight") == 0
+    signal_at_step(9, signal.SIGINT)  # the last step of epoch 1
+    assert train(*EXACT, "--run-name", "stopped") == 128 + signal.SIGINT
+    state = torch.load(outputs / "stopped" / "checkpoint.pth.tar", weights_only=True)
+    assert state["progress"]["epoch"] == 1 and state["loader"]["next_batch"] == 0
+    monkeypatch.undo()
+    assert train("--resume", str(outputs / "stopped" / "checkpoint.pth.tar")) == 0
+    assert_same_weights(outputs / "straight", outputs / "stopped")
+    assert rows_without_timing(outputs / "straight") == rows_without_timing(outputs / "stopped")
+
+
+def test_a_second_ctrl_c_stops_at_once_and_leaves_a_loadable_checkpoint(
+    train, tmp_path, signal_at_step, capsys
+):
+    signal_at_step(12, signal.SIGINT, times=2)
+    assert train(*EXACT, "--run-name", "twice") == 130
+    assert "interrupted" in capsys.readouterr().err
+    state = torch.load(tmp_path / "outputs" / "twice" / "checkpoint.pth.tar", weights_only=True)
+    assert state["progress"]["epoch"] == 1  # the epoch-end checkpoint, untouched
+    assert not list((tmp_path / "outputs" / "twice").glob(".*.tmp*"))
+
+
+def _start(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "train.py", *argv],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for(process: subprocess.Popen, text: str, seconds: float = 120) -> str:
+    """Reads the process's output until a line holds ``text``; returns what was read."""
+    seen = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    process.kill()
+    raise AssertionError(f"{text!r} never appeared in:\n{''.join(seen)}")
+
+
+LONG = [
+    "--dataset",
+    "synthetic",
+    "--data.num-train",
+    "20000",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "50",
+    "--log-every",
+    "20",
+    "--device",
+    "cpu",
+    "--model.dropout",
+    "0.2",
+]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_real_signal_saves_the_position_and_exits_with_its_code(tmp_path, signum):
+    run_dir = tmp_path / "run"
+    process = _start([*LONG, "--output-dir", str(tmp_path), "--run-name", "run"])
+    _wait_for(process, "step 40/")  # mid-epoch 1 of 50
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, output
+    assert f"continue with: python train.py --resume {run_dir / 'checkpoint.pth.tar'}" in output
+    assert "Traceback" not in output
+    state = torch.load(run_dir / "checkpoint.pth.tar", weights_only=True)
+    assert state["progress"]["step"] >= 40 and state["loader"]["next_batch"] > 0
+
+
+def test_kill_9_between_periodic_checkpoints_resumes_to_the_same_result(train, tmp_path):
+    """--checkpoint-every-steps: a process killed without warning loses at most K steps,
+    and the resumed run ends exactly where the uninterrupted one does."""
+    argv = [
+        *TINY,
+        "--data.num-train",
+        "3200",
+        "--epochs",
+        "2",
+        "--model.dropout",
+        "0.2",
+        "--checkpoint-every-steps",
+        "7",
+        "--log-every",
+        "1",
+    ]
+    assert train(*argv, "--run-name", "straight") == 0
+    process = _start([*argv, "--output-dir", str(tmp_path / "outputs"), "--run-name", "killed"])
+    _wait_for(process, "step 30/")
+    process.kill()
+    process.wait(timeout=60)
+    killed = tmp_path / "outputs" / "killed"
+    state = torch.load(killed / "checkpoint.pth.tar", weights_only=True)
+    assert state["progress"]["step"] % 7 == 0 and state["progress"]["step"] >= 28
+    assert train("--resume", str(killed / "checkpoint.pth.tar")) == 0
+    assert_same_weights(tmp_path / "outputs" / "straight", killed)
+    assert rows_without_timing(tmp_path / "outputs" / "straight") == rows_without_timing(killed)
