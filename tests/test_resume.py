@@ -200,3 +200,130 @@ def test_kill_9_between_periodic_checkpoints_resumes_to_the_same_result(train, t
     assert train("--resume", str(killed / "checkpoint.pth.tar")) == 0
     assert_same_weights(tmp_path / "outputs" / "straight", killed)
     assert rows_without_timing(tmp_path / "outputs" / "straight") == rows_without_timing(killed)
+
+
+# --- divergence --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Makes the synthetic dataset's training samples at ``indices`` NaN."""
+    from toolbox.datasets.synthetic import Synthetic
+
+    def poison(*indices: int) -> None:
+        build = Synthetic.build
+
+        def poisoned_build(self):
+            splits = build(self)
+            splits.train["input"][list(indices)] = float("nan")
+            return splits
+
+        monkeypatch.setattr(Synthetic, "build", poisoned_build)
+
+    return poison
+
+
+def first_batches_holding(indices: set[int], epochs: int = 1) -> list[tuple[int, int]]:
+    """(epoch, batch) of every training batch of TINY that holds one of ``indices``."""
+    from toolbox.data.loaders import make_loader
+
+    samples = {"input": torch.arange(288), "target": torch.arange(288)}
+    loader = make_loader(samples, 32, kind="memory", device=torch.device("cpu"), train=True)
+    return [
+        (epoch, batch_idx)
+        for epoch in range(epochs)
+        for batch_idx, batch in enumerate(loader)
+        if indices & set(batch["input"].tolist())
+    ]
+
+
+def test_a_non_finite_loss_aborts_naming_the_batch_and_keeps_the_last_checkpoint(
+    train, tmp_path, poisoned, capsys
+):
+    assert train(*TINY, "--epochs", "1", "--run-name", "run") == 0
+    run_dir = tmp_path / "outputs" / "run"
+    good = torch.load(run_dir / "checkpoint.pth.tar", weights_only=True)
+    poisoned(5)
+    (epoch, batch_idx), *_ = [hit for hit in first_batches_holding({5}, 2) if hit[0] == 1]
+    assert train("--resume", str(run_dir / "checkpoint.pth.tar"), "--epochs", "3") == 3
+    message = " ".join(capsys.readouterr().err.split())
+    assert f"non-finite in epoch 2, batch {batch_idx + 1}" in message
+    assert "--optim.lr" in message and "--clip-grad" in message
+    assert f"the last good checkpoint is {run_dir / 'checkpoint.pth.tar'}" in message
+    kept = torch.load(run_dir / "checkpoint.pth.tar", weights_only=True)
+    assert kept["progress"] == good["progress"]
+    assert all(torch.equal(kept["model"][k], v) for k, v in good["model"].items())
+
+
+def test_the_skip_policy_drops_bad_batches_and_counts_them(train, tmp_path, poisoned):
+    poisoned(5, 100)
+    expected = len(first_batches_holding({5, 100}, 2))
+    assert train(*TINY, "--nan-policy", "skip", "--run-name", "skip") == 0
+    run_dir = tmp_path / "outputs" / "skip"
+    rows = rows_without_timing(run_dir)
+    assert int(rows[-1]["nan_skips"]) == expected
+    state = torch.load(run_dir / "checkpoint.pth.tar", weights_only=True)
+    assert all(torch.isfinite(value).all() for value in state["model"].values())
+    assert "non-finite loss, batch skipped" in (run_dir / "training.log").read_text()
+
+
+def test_the_skip_policy_aborts_after_max_nan_skips(train, poisoned, capsys):
+    poisoned(5, 100)
+    assert train(*TINY, "--nan-policy", "skip", "--max-nan-skips", "1") == 3
+    assert "non-finite" in capsys.readouterr().err
+
+
+def test_lowering_the_learning_rate_on_resume_takes_effect(train, tmp_path):
+    assert train(*TINY, "--scheduler", "none", "--epochs", "1", "--run-name", "run") == 0
+    run_dir = tmp_path / "outputs" / "run"
+    checkpoint = str(run_dir / "checkpoint.pth.tar")
+    assert train("--resume", checkpoint, "--epochs", "2", "--optim.lr", "1e-5") == 0
+    state = torch.load(run_dir / "checkpoint.pth.tar", weights_only=True)
+    assert [group["lr"] for group in state["optimizer"]["param_groups"]] == [1e-5, 1e-5]
+    assert float(rows_without_timing(run_dir)[-1]["lr"]) == pytest.approx(1e-5)
+
+
+# --- keeping checkpoints -----------------------------------------------------------------
+
+
+def per_epoch_files(run_dir: Path) -> list[str]:
+    return sorted(path.name for path in run_dir.glob("checkpoint_e*.pth.tar"))
+
+
+def test_keep_last_prunes_and_keypoints_stay_across_resume(train, tmp_path):
+    argv = [*TINY, "--keep-last", "2", "--save-at", "1", "3", "--run-name", "run"]
+    assert train(*argv, "--epochs", "5") == 0
+    run_dir = tmp_path / "outputs" / "run"
+    assert per_epoch_files(run_dir) == [
+        "checkpoint_e1.pth.tar",
+        "checkpoint_e3.pth.tar",
+        "checkpoint_e4.pth.tar",
+        "checkpoint_e5.pth.tar",
+    ]
+    kept = torch.load(run_dir / "checkpoint_e4.pth.tar", weights_only=True)
+    assert kept["progress"]["epoch"] == 4
+    assert train("--resume", str(run_dir / "checkpoint.pth.tar"), "--epochs", "7") == 0
+    assert per_epoch_files(run_dir) == [
+        "checkpoint_e1.pth.tar",
+        "checkpoint_e3.pth.tar",
+        "checkpoint_e6.pth.tar",
+        "checkpoint_e7.pth.tar",
+    ]
+    # A kept epoch resumes like the last checkpoint does.
+    assert train("--resume", str(run_dir / "checkpoint_e3.pth.tar"), "--epochs", "4") == 0
+
+
+def test_a_resumed_run_never_overwrites_a_better_best_checkpoint(train, tmp_path):
+    assert train(*TINY, "--epochs", "3", "--run-name", "run") == 0
+    run_dir = tmp_path / "outputs" / "run"
+    best = torch.load(run_dir / "model_best.pth.tar", weights_only=True)
+    # Heavy label smoothing raises the lowest reachable loss (about 2.27 nats for 10 classes)
+    # above the best so far, so every later evaluation is worse.
+    resume = ["--resume", str(run_dir / "checkpoint.pth.tar"), "--epochs", "5"]
+    assert train(*resume, "--loss.label-smoothing", "0.9") == 0
+    rows = rows_without_timing(run_dir)
+    assert min(float(row["val_loss"]) for row in rows[3:]) > best["progress"]["best_value"]
+    still = torch.load(run_dir / "model_best.pth.tar", weights_only=True)
+    assert still["progress"]["epoch"] == best["progress"]["epoch"]
+    last = torch.load(run_dir / "checkpoint.pth.tar", weights_only=True)
+    assert last["progress"]["best_value"] == best["progress"]["best_value"]
