@@ -327,3 +327,16 @@ def test_a_resumed_run_never_overwrites_a_better_best_checkpoint(train, tmp_path
     assert still["progress"]["epoch"] == best["progress"]["epoch"]
     last = torch.load(run_dir / "checkpoint.pth.tar", weights_only=True)
     assert last["progress"]["best_value"] == best["progress"]["best_value"]
+
+
+def test_deterministic_runs_repeat_exactly(train, tmp_path):
+    try:
+        for name in ("a", "b"):
+            assert train(*EXACT, "--deterministic", "--run-name", name) == 0
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert_same_weights(tmp_path / "outputs" / "a", tmp_path / "outputs" / "b")
+    assert rows_without_timing(tmp_path / "outputs" / "a") == rows_without_timing(
+        tmp_path / "outputs" / "b"
+    )
