@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -93,32 +91,42 @@ def prune_per_epoch(directory: Path, keep_last: int, keypoints: tuple[int, ...])
     return doomed
 
 
+REQUIRED_KEYS = ("config", "model", "optimizer", "scheduler", "scaler", "loader", "rng", "progress")
+
+
+def _read(path: Path, what: str, map_location: str | torch.device) -> Any:
+    """``torch.load(path, weights_only=True)``: no code in the file runs; any failure to read
+    it becomes one message naming the file."""
+    if path.is_dir():
+        raise UserError(
+            f"{what} {path} is a directory; give a checkpoint file such as {path / LAST}."
+        )
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist; check the path.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch.load raises many kinds for bad files
+        raise UserError(
+            f"{what} {path} is not a loadable checkpoint ({_first_line(error)}); it may be "
+            "truncated, corrupt, or not a toolbox checkpoint."
+        ) from error
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A toolbox checkpoint, loaded with ``weights_only=True`` (no code runs), or a clear
     error naming the file."""
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a directory; give a checkpoint file such as {path / LAST}.")
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; check the path.")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (
-        pickle.UnpicklingError,
-        RuntimeError,
-        EOFError,
-        zipfile.BadZipFile,
-        ValueError,
-        OSError,
-    ) as error:
-        raise UserError(
-            f"{path} is not a loadable checkpoint ({_first_line(error)}); it may be truncated, "
-            "corrupt, or not a toolbox checkpoint."
-        ) from error
+    state = _read(path, "checkpoint", map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(
             f"{path} is not a toolbox checkpoint (it lacks the format marker {FORMAT!r}); "
             "give the checkpoint.pth.tar or model_best.pth.tar of a toolbox run."
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise UserError(
+            f"{path} is an incomplete toolbox checkpoint: it lacks {', '.join(missing)}; "
+            "give a checkpoint.pth.tar or model_best.pth.tar written by train.py."
         )
     return state
 
@@ -126,25 +134,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """The model weights in ``path``: a toolbox checkpoint or a plain saved state_dict."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--init-from {path}: no such file; check the path.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        pickle.UnpicklingError,
-        RuntimeError,
-        EOFError,
-        zipfile.BadZipFile,
-        ValueError,
-        OSError,
-    ) as error:
-        raise UserError(
-            f"--init-from {path} is not a loadable weights file ({_first_line(error)})."
-        ) from error
+    state = _read(path, "--init-from", "cpu")
     if isinstance(state, dict) and state.get("format") == FORMAT:
-        state = state["model"]
-    if not isinstance(state, dict) or not all(
-        isinstance(value, torch.Tensor) for value in state.values()
+        state = state.get("model")
+    if not (
+        isinstance(state, dict)
+        and state
+        and all(isinstance(value, torch.Tensor) for value in state.values())
     ):
         raise UserError(
             f"--init-from {path} holds neither a toolbox checkpoint nor a state_dict of tensors."

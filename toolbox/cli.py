@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,6 +59,7 @@ def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> Traini
         saved = from_plain(state["config"], f"the config in {chosen.resume}")
         default = saved
     default = with_components(default, **names)
+    _refuse_options_of_other_components(argv, default)
     config = tyro.cli(TrainingConfig, args=argv, default=default, prog=prog)
     validate(config)
     if saved is not None:
@@ -70,6 +72,34 @@ def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> Traini
                 "continue the run, or start a new run with them."
             )
     return config
+
+
+def _refuse_options_of_other_components(argv: list[str], config: TrainingConfig) -> None:
+    """``--optim.momentum`` with adamw: say which selector brings the option, where tyro
+    would only call it unrecognized."""
+    for arg in argv:
+        slot, dot, option = arg.removeprefix("--").partition("=")[0].partition(".")
+        if not arg.startswith("--") or not dot or slot not in SLOTS:
+            continue
+        field = option.replace("-", "_")
+        chosen = getattr(config, slot)
+        names = {f.name for f in dataclasses.fields(chosen)}
+        if field in names or field.removeprefix("no_") in names:
+            continue
+        selector, registry = SLOTS[slot]
+        owners = [
+            name
+            for name in registry.names()
+            if {field, field.removeprefix("no_")}
+            & {f.name for f in dataclasses.fields(registry.get(name))}
+        ]
+        if owners:
+            raise UserError(
+                f"--{slot}.{option} is an option of --{selector} {' / '.join(owners)}, but the "
+                f"selected {registry.kind} is {getattr(config, selector)}; add --{selector} "
+                f"{owners[0]}, or drop --{slot}.{option} (see --{selector} "
+                f"{getattr(config, selector)} --help for its options)."
+            )
 
 
 def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:

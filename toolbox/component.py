@@ -24,7 +24,7 @@ class Component:
         return [
             f"{self.option(name)} is {getattr(self, name)}; it must be positive."
             for name in field_names
-            if getattr(self, name) <= 0
+            if not getattr(self, name) > 0  # also catches nan
         ]
 
     def not_probability(self, *field_names: str) -> list[str]:

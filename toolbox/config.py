@@ -178,7 +178,9 @@ def problems(config: TrainingConfig) -> list[str]:
     if any(epoch < 1 for epoch in config.save_at):
         found.append(f"--save-at is {' '.join(map(str, config.save_at))}; epochs count from 1.")
 
-    if config.clip_grad is not None and config.clip_grad <= 0:
+    if not 0 <= config.seed < 2**32:
+        found.append(f"--seed is {config.seed}; it must be in [0, 2**32) (numpy's range).")
+    if config.clip_grad is not None and not config.clip_grad > 0:
         found.append(f"--clip-grad is {config.clip_grad}; give a positive norm (e.g. 1.0) or None.")
     if not DEVICE_PATTERN.fullmatch(config.device):
         found.append(
@@ -326,6 +328,8 @@ def resume_conflicts(saved: TrainingConfig, new: TrainingConfig) -> list[str]:
     before, after = to_plain(saved), to_plain(new)
     changed = [key for key in FIXED_ON_RESUME if before[key] != after[key]]
     for slot, free in (("model", ()), ("data", DATA_OPTIONS_FREE_ON_RESUME)):
+        if SLOTS[slot][0] in changed:
+            continue  # another arch or dataset: its options differ as a matter of course
         for key in sorted(set(before[slot]) | set(after[slot])):
             if key not in free and before[slot].get(key) != after[slot].get(key):
                 changed.append(f"{slot}.{key}")

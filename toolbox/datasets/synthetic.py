@@ -37,7 +37,7 @@ class Synthetic(DatasetConfig):
                 f"--data.input-shape is {list(self.input_shape)}; give positive sizes, "
                 "e.g. --data.input-shape 3 32 32."
             )
-        if self.noise < 0:
+        if not self.noise >= 0:
             found.append(f"--data.noise is {self.noise}; it must be >= 0.")
         return found
 

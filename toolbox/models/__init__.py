@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from toolbox.component import Component
+from toolbox.errors import UserError
 from toolbox.registry import Registry
 
 if TYPE_CHECKING:
@@ -21,6 +22,16 @@ class ModelConfig(Component):
     def build(self, info: DatasetInfo) -> nn.Module:
         """The model for inputs of ``info.input_shape`` and ``info.num_outputs`` outputs."""
         raise NotImplementedError
+
+    def image_shape(self, info: DatasetInfo) -> tuple[int, int, int]:
+        """(channels, height, width) of the inputs, or an error for a model that needs images."""
+        if len(info.input_shape) != 3:
+            raise UserError(
+                f"--arch {self.registered_name} needs image inputs (channels, height, width), "
+                f"but this dataset's inputs have shape {tuple(info.input_shape)}; use --arch mlp "
+                "for vector inputs, or give --data.input-shape C H W."
+            )
+        return info.input_shape
 
 
 MODELS: Registry[ModelConfig] = Registry("model", __name__, ModelConfig, "--arch")

@@ -29,7 +29,7 @@ class CNN(ModelConfig):
     def build(self, info):
         from torch import nn
 
-        in_channels = info.input_shape[0]
+        in_channels, _, _ = self.image_shape(info)
         first, second = self.channels
         return nn.Sequential(
             nn.Conv2d(in_channels, first, 3, padding=1),

@@ -26,7 +26,7 @@ class _ResNet(ModelConfig):
         import torchvision
         from torch import nn
 
-        in_channels, height, width = info.input_shape
+        in_channels, height, width = self.image_shape(info)
         model = getattr(torchvision.models, self.torchvision_name)(
             weights=None,
             num_classes=info.num_outputs,

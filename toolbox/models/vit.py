@@ -36,7 +36,7 @@ class ViTTiny(ModelConfig):
     def build(self, info):
         from toolbox.models._vit import VisionTransformer
 
-        in_channels, height, width = info.input_shape
+        in_channels, height, width = self.image_shape(info)
         if height % self.patch_size or width % self.patch_size:
             raise UserError(
                 f"--model.patch-size {self.patch_size} does not divide the {height}x{width} "

@@ -26,9 +26,9 @@ class OptimizerConfig(Component):
 
     def problems(self) -> list[str]:
         found = []
-        if self.lr <= 0:
+        if not self.lr > 0:  # also catches nan
             found.append(f"--optim.lr is {self.lr}; it must be positive (e.g. 1e-3).")
-        if self.weight_decay < 0:
+        if not self.weight_decay >= 0:
             found.append(f"--optim.weight-decay is {self.weight_decay}; it must be >= 0.")
         return found
 

@@ -86,7 +86,7 @@ class WarmupCosine(Cosine):
 
     def problems(self) -> list[str]:
         found = super().problems()
-        if self.warmup_epochs < 0:
+        if not self.warmup_epochs >= 0:
             found.append(f"--sched.warmup-epochs is {self.warmup_epochs}; it must be >= 0.")
         return found
 
@@ -116,7 +116,7 @@ class Plateau(SchedulerConfig):
         found = []
         if not 0.0 < self.factor < 1.0:
             found.append(f"--sched.factor is {self.factor}; it must be in (0, 1).")
-        if self.patience < 0:
+        if not self.patience >= 0:
             found.append(f"--sched.patience is {self.patience}; it must be >= 0.")
         return found
 
