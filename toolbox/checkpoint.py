@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,10 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     path = Path(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give it the mode any other file would get.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(handle, 0o666 & ~umask)
         with os.fdopen(handle, "wb") as file:
             torch.save(state, file)
             file.flush()
@@ -103,13 +109,38 @@ def _read(path: Path, what: str, map_location: str | torch.device) -> Any:
         )
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist; check the path.")
+    _check_zip_integrity(path, what)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch.load raises many kinds for bad files
+        # "Unsupported global": the file names a callable to run, which is what a malicious
+        # pickle does; other unpickling errors are damaged or foreign bytes.
+        if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
+            raise UserError(
+                f"{what} {path} holds objects other than tensors and plain values; loading "
+                "it could run code, so it is refused. Toolbox checkpoints never hold such objects."
+            ) from error
         raise UserError(
             f"{what} {path} is not a loadable checkpoint ({_first_line(error)}); it may be "
             "truncated, corrupt, or not a toolbox checkpoint."
         ) from error
+
+
+def _check_zip_integrity(path: Path, what: str) -> None:
+    """torch.load does not check the CRCs of its zip members: damaged bytes inside a tensor
+    would load as wrong weights. Reading the members once (~0.1 s per 100 MB) catches that."""
+    if not zipfile.is_zipfile(path):
+        return  # not a zip: torch.load reports what it is
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise UserError(f"{what} {path} is a damaged file ({error}).") from error
+    if damaged is not None:
+        raise UserError(
+            f"{what} {path} is damaged: its member {damaged} fails its checksum. Use another "
+            "checkpoint (e.g. model_best.pth.tar or a checkpoint_e<N>.pth.tar)."
+        )
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -185,7 +216,7 @@ def load_model_state(
         key: value for key, value in weights.items() if key in own and value.shape == own[key].shape
     }
     model.load_state_dict(fitting, strict=strict)
-    return [key.split(" ")[0] for key in mismatched] + missing
+    return [key.split(" ")[0] for key in mismatched] + missing + unexpected
 
 
 def _first_line(error: BaseException) -> str:

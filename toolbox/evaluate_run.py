@@ -67,7 +67,7 @@ def evaluate_run(options: EvaluateConfig) -> Path:
     splits = config.data.build()
     info = splits.info
     model = config.model.build(info).to(device)
-    model.load_state_dict(state["model"])
+    checkpoint.load_model_state(model, state["model"], str(checkpoint_path), strict=True)
     metrics = {name: METRICS.get(name)() for name in config.metrics}
     loader = make_loader(
         splits.split(options.split),
