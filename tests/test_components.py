@@ -296,12 +296,15 @@ def eval_curve(config, values, mode="min") -> list[float]:
     return rates
 
 
-STEP_SCHEDULERS = [n for n in SCHEDULERS.names() if SCHEDULERS.get(n).interval == "step"]
+# "never" (a constant rate) follows the per-step curve too: stepping it changes nothing.
+STEP_SCHEDULERS = [n for n in SCHEDULERS.names() if SCHEDULERS.get(n).interval != "eval"]
 
 
 def test_every_scheduler_is_stepped_per_step_or_per_evaluation():
-    assert {SCHEDULERS.get(n).interval for n in SCHEDULERS.names()} <= {"step", "eval"}
+    intervals = {SCHEDULERS.get(n).interval for n in SCHEDULERS.names()}
+    assert intervals <= {"step", "eval", "never"}
     assert "plateau" not in STEP_SCHEDULERS and "cosine" in STEP_SCHEDULERS
+    assert SCHEDULERS.get("none").interval == "never"
 
 
 @pytest.mark.parametrize("name", STEP_SCHEDULERS)

@@ -366,29 +366,40 @@ class Trainer:
         num_batches = len(self.train_loader)
         first_batch = self.train_loader.resume_batch  # > 0 when resuming mid-epoch
         skip_policy = config.nan_policy == "skip"
-        # Sums stay on the device; the host reads them once per logging interval.
-        epoch_loss = torch.tensor(progress.epoch_loss_sum, device=device)
-        window_loss = torch.zeros((), device=device)
-        epoch_samples, window_samples = progress.epoch_samples, 0
-        # Index of the first batch whose loss was not finite (-1: none), found without a sync.
-        first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-
-        def check_finite() -> None:
-            bad = int(first_bad)  # a host sync; callers are at one already
-            if bad >= 0:
-                raise self._diverged(epoch_idx, bad)
-
+        batches_on_device = getattr(self.train_loader, "on_device", False)
+        # The losses of the steps since the last sync, as device scalars: keeping them costs
+        # no kernel, and reading them all at the next sync finds any non-finite one.
+        window: list[tuple[int, int, torch.Tensor]] = []  # (batch_idx, samples, loss)
         window_started = time.perf_counter()
+
+        def flush() -> tuple[float, int]:
+            """Read the window's losses (the one host sync), add them to the epoch's sums;
+            returns the window's mean loss and sample count."""
+            nonlocal window
+            if not window:
+                return float("nan"), 0
+            losses = torch.stack([loss for _, _, loss in window]).tolist()
+            total, count = 0.0, 0
+            for (batch_idx, samples, _), value in zip(window, losses, strict=True):
+                if not math.isfinite(value):
+                    raise self._diverged(epoch_idx, batch_idx)
+                total += samples * value
+                count += samples
+            progress.epoch_loss_sum += total
+            progress.epoch_samples += count
+            window = []
+            return total / count, count
+
         for batch_idx, batch in enumerate(self.train_loader, first_batch):
-            batch = to_device(batch, device)
+            if not batches_on_device:
+                batch = to_device(batch, device)
             target = batch["target"]
             group_start = batch_idx - batch_idx % config.grad_accum
             group_size = min(config.grad_accum, num_batches - group_start)
             with autocast(device, config.precision):
                 output = self.forward_model(self.normalizer(batch["input"]))
                 loss = self.criterion(output.float(), target)
-            finite = torch.isfinite(loss)
-            if skip_policy and not finite.item():  # the skip policy's one sync per batch
+            if skip_policy and not torch.isfinite(loss).item():  # the policy's sync per batch
                 progress.nan_skips += 1
                 self.logger.info(
                     "%s batch %d: non-finite loss, batch skipped (%d so far)",
@@ -399,13 +410,8 @@ class Trainer:
                 if progress.nan_skips > config.max_nan_skips:
                     raise self._diverged(epoch_idx, batch_idx)
             else:
-                self.scaler.scale(loss / group_size).backward()
-                batch_samples = target.shape[0]
-                epoch_loss += loss.detach() * batch_samples
-                window_loss += loss.detach() * batch_samples
-                epoch_samples += batch_samples
-                window_samples += batch_samples
-                first_bad = torch.where(finite | (first_bad >= 0), first_bad, batch_idx)
+                self.scaler.scale(loss / group_size if group_size > 1 else loss).backward()
+                window.append((batch_idx, target.shape[0], loss.detach()))
             if batch_idx + 1 - group_start < group_size:
                 continue  # accumulate more gradients before stepping
             if config.clip_grad is not None:
@@ -419,27 +425,22 @@ class Trainer:
             progress.step += 1
             display.advance()
 
-            if progress.step % config.log_every == 0 and window_samples:
-                mean_loss = (window_loss / window_samples).item()  # the interval's one sync
-                check_finite()
-                seconds = time.perf_counter() - window_started
-                display.report(epoch_label, mean_loss, window_samples / seconds)
-                self.writer.add_scalar("train/loss_step", mean_loss, progress.step)
-                window_loss.zero_()
-                window_samples = 0
+            if progress.step % config.log_every == 0:
+                mean_loss, samples = flush()
+                if samples:
+                    seconds = time.perf_counter() - window_started
+                    display.report(epoch_label, mean_loss, samples / seconds)
+                    self.writer.add_scalar("train/loss_step", mean_loss, progress.step)
                 window_started = time.perf_counter()
-            every = config.checkpoint_every_steps
             if batch_idx + 1 == num_batches:
                 continue  # the epoch's end evaluates and saves (and stops) in fit()
+            every = config.checkpoint_every_steps
             if (every and progress.step % every == 0) or self.stop_signal is not None:
-                check_finite()  # never save a state that has taken a non-finite step
-                progress.epoch_loss_sum = epoch_loss.item()
-                progress.epoch_samples = epoch_samples
-                if self.stop_signal is not None:
-                    self._stop_if_requested()
+                flush()  # never save a state that has taken a non-finite step
+                self._stop_if_requested()
                 self._save(checkpoint.LAST)
-        check_finite()
-        return (epoch_loss / max(epoch_samples, 1)).item()
+        flush()
+        return progress.epoch_loss_sum / max(progress.epoch_samples, 1)
 
     def _evaluate_and_record(self, train_loss: float, display: ProgressDisplay) -> None:
         config, progress = self.config, self.progress

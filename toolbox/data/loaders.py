@@ -96,6 +96,7 @@ class InMemoryLoader(_EpochLoader):
         seed: int = 0,
     ) -> None:
         self.tensors = {key: value.to(device) for key, value in tensors.items()}
+        self.on_device = True  # batches need no copy
         num_samples = len(next(iter(self.tensors.values())))
         super().__init__(
             num_samples,

@@ -28,7 +28,11 @@ class Adam(_AdamFamily):
         import torch
 
         return torch.optim.Adam(
-            self.param_groups(model), lr=self.lr, betas=(self.beta1, self.beta2), eps=self.eps
+            self.param_groups(model),
+            lr=self.lr,
+            betas=(self.beta1, self.beta2),
+            eps=self.eps,
+            **self.kernel_options(model),
         )
 
 
@@ -44,5 +48,9 @@ class AdamW(_AdamFamily):
         import torch
 
         return torch.optim.AdamW(
-            self.param_groups(model), lr=self.lr, betas=(self.beta1, self.beta2), eps=self.eps
+            self.param_groups(model),
+            lr=self.lr,
+            betas=(self.beta1, self.beta2),
+            eps=self.eps,
+            **self.kernel_options(model),
         )

@@ -33,5 +33,9 @@ class SGD(OptimizerConfig):
         import torch
 
         return torch.optim.SGD(
-            self.param_groups(model), lr=self.lr, momentum=self.momentum, nesterov=self.nesterov
+            self.param_groups(model),
+            lr=self.lr,
+            momentum=self.momentum,
+            nesterov=self.nesterov,
+            **self.kernel_options(model),
         )

@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 class SchedulerConfig(Component):
     option_prefix = "--sched."
 
-    interval: ClassVar[Literal["step", "eval"]] = "step"
-    """When the trainer steps it: after each optimizer step, or after each evaluation with
-    the monitored metric."""
+    interval: ClassVar[Literal["step", "eval", "never"]] = "step"
+    """When the trainer steps it: after each optimizer step, after each evaluation (with the
+    monitored metric), or never (a constant rate: stepping would only cost time)."""
 
     def build(
         self, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, mode: str

@@ -17,6 +17,8 @@ def _fraction_problem(option: str, value: float) -> list[str]:
 class Constant(LambdaSchedulerConfig):
     """A constant learning rate."""
 
+    interval = "never"
+
     def factor(self, step, steps_per_epoch, total_steps):
         return 1.0
 
