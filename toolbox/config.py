@@ -99,7 +99,9 @@ class TrainingConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Autocast precision of forward passes; fp16 also scales the loss."""
     compile: bool = False
-    """Compile the model with torch.compile (first steps are slower while it compiles)."""
+    """Compile the model with torch.compile (the first step's compile time is logged apart)."""
+    channels_last: bool = False
+    """Keep image batches and conv weights channels-last (faster convolutions on recent GPUs)."""
     num_workers: int = 0
     """Worker processes for datasets served through a DataLoader (--data.loader dataloader)."""
     eval_every: int = 1
@@ -320,7 +322,7 @@ FIXED_ON_RESUME = (
     "run_name",
 )
 # Data options that may change on resume because they do not change which samples are seen.
-DATA_OPTIONS_FREE_ON_RESUME = ("root", "download", "loader")
+DATA_OPTIONS_FREE_ON_RESUME = ("root", "download", "loader", "placement", "cache")
 
 
 def resume_conflicts(saved: TrainingConfig, new: TrainingConfig) -> list[str]:

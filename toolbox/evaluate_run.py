@@ -38,6 +38,7 @@ def evaluate_run(options: EvaluateConfig) -> Path:
     if options.batch_size is not None and options.batch_size < 1:
         raise UserError(f"--batch-size is {options.batch_size}; it must be at least 1.")
     import pandas as pd
+    import torch
     from rich.console import Console
     from rich.table import Table
 
@@ -67,6 +68,8 @@ def evaluate_run(options: EvaluateConfig) -> Path:
     splits = config.data.build()
     info = splits.info
     model = config.model.build(info).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     checkpoint.load_model_state(model, state["model"], str(checkpoint_path), strict=True)
     metrics = {name: METRICS.get(name)() for name in config.metrics}
     loader = make_loader(
@@ -79,7 +82,9 @@ def evaluate_run(options: EvaluateConfig) -> Path:
     result = evaluate(
         model,
         loader,
-        normalizer=Normalizer(info.mean, info.std, len(info.input_shape), device),
+        normalizer=Normalizer(
+            info.mean, info.std, len(info.input_shape), device, config.channels_last
+        ),
         criterion=config.loss.build().to(device),
         metrics=metrics,
         device=device,

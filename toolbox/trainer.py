@@ -16,6 +16,7 @@ from rich.console import Console
 
 from toolbox import checkpoint
 from toolbox.config import TrainingConfig, from_plain, to_plain
+from toolbox.data.augment import BatchAugment
 from toolbox.data.loaders import Normalizer, make_loader, to_device
 from toolbox.errors import DivergenceError, RunStopped, UserError
 from toolbox.evaluation import evaluate
@@ -76,6 +77,8 @@ class Trainer:
         self.splits = config.data.build()
         info = self.splits.info
         self.model = config.model.build(info).to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.skipped_init_keys: list[str] = []
         if config.init_from is not None and resumed is None:
             self.skipped_init_keys = checkpoint.load_model_state(
@@ -86,23 +89,33 @@ class Trainer:
             )
         self.criterion = config.loss.build().to(self.device)
         self.metrics = {name: METRICS.get(name)() for name in config.metrics}
-        self.normalizer = Normalizer(info.mean, info.std, len(info.input_shape), self.device)
-        self.train_loader = make_loader(
-            self.splits.train,
-            config.batch_size,
-            kind=config.data.loader,
-            device=self.device,
-            train=True,
-            seed=config.seed,
-            num_workers=config.num_workers,
+        self.normalizer = Normalizer(
+            info.mean, info.std, len(info.input_shape), self.device, config.channels_last
         )
-        self.val_loader = make_loader(
-            self.splits.val,
-            config.eval_batch_size,
-            kind=config.data.loader,
-            device=self.device,
-            train=False,
-            num_workers=config.num_workers,
+        self.augment = None
+        if config.data.augment != "none":
+            if len(info.input_shape) != 3:
+                raise UserError(
+                    f"--data.augment {config.data.augment} needs image inputs (C, H, W), but "
+                    f"this dataset's inputs have shape {tuple(info.input_shape)}; use "
+                    "--data.augment none."
+                )
+            self.augment = BatchAugment(config.data.augment, self.device, config.seed + 1)
+        self.train_loader, self.val_loader = (
+            make_loader(
+                split,
+                batch_size,
+                kind=config.data.loader,
+                device=self.device,
+                train=train,
+                seed=config.seed,
+                num_workers=config.num_workers,
+                placement=config.data.placement,
+            )
+            for split, batch_size, train in (
+                (self.splits.train, config.batch_size, True),
+                (self.splits.val, config.eval_batch_size, False),
+            )
         )
         if len(self.train_loader) == 0:
             raise UserError(
@@ -134,6 +147,7 @@ class Trainer:
         # the "_orig_mod." prefix) is what checkpoints hold.
         self.forward_model = torch.compile(self.model) if config.compile else self.model
         self.stop_signal: int | None = None
+        self.compiled_warm = False
 
         self.run_dir = Path(config.resume).parent if resumed else new_run_dir(config)
         self.logger = setup_logging(self.run_dir / LOG, self.console, self.console.is_terminal)
@@ -162,6 +176,8 @@ class Trainer:
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.train_loader.load_state_dict(state["loader"])
+        if self.augment is not None and state.get("augment"):
+            self.augment.load_state_dict(state["augment"])
         set_rng_state(state["rng"])
         self.progress = Progress(**state["progress"])
 
@@ -249,6 +265,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "loader": self.train_loader.state_dict(),
+            "augment": self.augment.state_dict() if self.augment is not None else None,
             "rng": rng_state(),
             "progress": dataclasses.asdict(self.progress),
         }
@@ -396,8 +413,9 @@ class Trainer:
             target = batch["target"]
             group_start = batch_idx - batch_idx % config.grad_accum
             group_size = min(config.grad_accum, num_batches - group_start)
+            inputs = batch["input"] if self.augment is None else self.augment(batch["input"])
             with autocast(device, config.precision):
-                output = self.forward_model(self.normalizer(batch["input"]))
+                output = self.forward_model(self.normalizer(inputs))
                 loss = self.criterion(output.float(), target)
             if skip_policy and not torch.isfinite(loss).item():  # the policy's sync per batch
                 progress.nan_skips += 1
@@ -424,6 +442,15 @@ class Trainer:
                 self.scheduler.step()
             progress.step += 1
             display.advance()
+            if config.compile and not self.compiled_warm:
+                # The first step compiles; time it apart so throughput figures exclude it.
+                flush()
+                self.logger.info(
+                    "torch.compile warm-up: the first step took %.1fs",
+                    time.perf_counter() - window_started,
+                )
+                self.compiled_warm = True
+                window_started = time.perf_counter()
 
             if progress.step % config.log_every == 0:
                 mean_loss, samples = flush()

@@ -53,6 +53,11 @@ class DatasetConfig(Component):
     """Seed of the fixed permutation that splits off validation (and test) data."""
     loader: Literal["memory", "dataloader"] = "memory"
     """memory: batches sliced from tensors on the device; dataloader: --num-workers workers."""
+    placement: Literal["auto", "device", "pinned"] = "auto"
+    """Where memory loading keeps the data: device, or pinned host memory (auto: device if it
+    fits in half the free device memory)."""
+    augment: Literal["none", "crop", "crop_flip"] = "none"
+    """Training augmentation of image batches on the device: random crop (4 px padding), flip."""
 
     @property
     def task(self) -> Task:
@@ -79,6 +84,8 @@ class FileDatasetConfig(DatasetConfig):
     """Directory that holds the dataset's folder (created on download)."""
     download: bool = True
     """Download the files when they are missing (needs network access)."""
+    cache: bool = True
+    """Keep the decoded tensors in a .pt beside the files (~/.cache/toolbox if read-only)."""
 
 
 DATASETS: Registry[DatasetConfig] = Registry("dataset", __name__, DatasetConfig, "--dataset")

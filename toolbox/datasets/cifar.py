@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from toolbox.datasets import DatasetInfo, DatasetSplits, FileDatasetConfig, register_dataset
 
@@ -10,6 +10,9 @@ from toolbox.datasets import DatasetInfo, DatasetSplits, FileDatasetConfig, regi
 @dataclass(frozen=True)
 class _CIFARFormat(FileDatasetConfig):
     """32x32 colour images in torchvision's pickled batches under <root>/<base folder>."""
+
+    augment: Literal["none", "crop", "crop_flip"] = "crop_flip"
+    """Training augmentation of image batches on the device: random crop (4 px padding), flip."""
 
     torchvision_class: ClassVar[str]
     label_key: ClassVar[str]
@@ -21,6 +24,7 @@ class _CIFARFormat(FileDatasetConfig):
         import torchvision
         from torchvision.datasets.utils import download_and_extract_archive
 
+        from toolbox.datasets._cache import load_or_decode
         from toolbox.datasets._files import (
             missing_files_error,
             read_cifar_batches,
@@ -51,9 +55,20 @@ class _CIFARFormat(FileDatasetConfig):
                     f"download failed: {error}",
                 ) from error
         classes = unpickle_cifar(folder / source.meta["filename"])[source.meta["key"]]
-        train = read_cifar_batches(folder, [n for n, _ in source.train_list], self.label_key)
-        test = read_cifar_batches(folder, [n for n, _ in source.test_list], self.label_key)
-        train, val = hold_out(train, self.val_fraction, self.split_seed)
+
+        def decode() -> dict:
+            return {
+                split: read_cifar_batches(folder, [name for name, _ in files], self.label_key)
+                for split, files in (("train", source.train_list), ("test", source.test_list))
+            }
+
+        if self.cache:
+            sources = [folder / name for name in names]
+            decoded = load_or_decode(self.registered_name, folder, sources, decode)
+        else:
+            decoded = decode()
+        train, val = hold_out(decoded["train"], self.val_fraction, self.split_seed)
+        test = decoded["test"]
         info = DatasetInfo(
             task="classification",
             input_shape=(3, 32, 32),

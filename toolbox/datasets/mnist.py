@@ -20,6 +20,7 @@ class _MNISTFormat(FileDatasetConfig):
     def build(self) -> DatasetSplits:
         import torchvision
 
+        from toolbox.datasets._cache import load_or_decode
         from toolbox.datasets._files import fetch_idx_files, read_idx
         from toolbox.datasets._split import hold_out
 
@@ -52,7 +53,14 @@ class _MNISTFormat(FileDatasetConfig):
                 )
             return {"input": images.unsqueeze(1), "target": targets.long()}  # (N, 1, 28, 28)
 
-        train, val = hold_out(split("train"), self.val_fraction, self.split_seed)
+        def decode() -> dict:
+            return {"train": split("train"), "test": split("t10k")}
+
+        if self.cache:
+            decoded = load_or_decode(self.registered_name, folder, list(files.values()), decode)
+        else:
+            decoded = decode()
+        train, val = hold_out(decoded["train"], self.val_fraction, self.split_seed)
         info = DatasetInfo(
             task="classification",
             input_shape=(1, 28, 28),
@@ -61,7 +69,7 @@ class _MNISTFormat(FileDatasetConfig):
             std=(self.pixel_std,),
             class_names=tuple(source.classes),
         )
-        return DatasetSplits(info, train, val, split("t10k"))
+        return DatasetSplits(info, train, val, decoded["test"])
 
 
 @register_dataset("mnist")
