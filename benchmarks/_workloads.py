@@ -1,21 +1,20 @@
-"""One benchmark run in a fresh process: ``python _workloads.py VARIANT CASE BATCH EPOCHS ROOT``.
+"""One baseline run in a fresh process: ``python _workloads.py VARIANT CASE BATCH EPOCHS ROOT``,
+VARIANT one of bare, dataloader, lightning (the toolbox runs as ``python train.py``).
 
-Prints one JSON line. Every variant trains the same model (toolbox's registered builder, same
-seed) on the same MNIST split (toolbox's reader: 54,000 train / 6,000 val images, uint8),
-with AdamW at lr 1e-3, a validation pass over the 6,000 images after each epoch, and the
-last partial batch dropped. Loading the data is outside the timed part for all of them.
+Prints one JSON line with the seconds of each epoch (training plus its validation pass).
+Every variant trains the same model (toolbox's registered builder, same seed) on the same
+MNIST split (toolbox's reader: 54,000 train / 6,000 val images, uint8), with AdamW at lr
+1e-3, a validation pass over the 6,000 images after each epoch, and the last partial batch
+dropped. Loading the data is outside the timed part for all of them.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 
-PROCESS_STARTED = time.perf_counter()
-
-import torch  # noqa: E402 - the import's cost is part of the measured wall time
+import torch
 
 REPO = __file__.rsplit("/benchmarks/", 1)[0]
 sys.path.insert(0, REPO)
@@ -194,50 +193,6 @@ def lightning(case, batch_size, epochs, root):
     ) * batch_size
 
 
-def toolbox(case, batch_size, epochs, root):
-    """train.py's own path: parse, build, fit (writes the run directory as usual)."""
-    import csv
-    import io
-    import tempfile
-
-    from rich.console import Console
-
-    from toolbox.cli import parse_training_config
-    from toolbox.trainer import Trainer
-
-    argv = [
-        "--dataset",
-        "mnist",
-        "--data.root",
-        root,
-        "--data.no-download",
-        "--optimizer",
-        "adamw",
-        "--scheduler",
-        "none",
-        "--batch-size",
-        str(batch_size),
-        "--epochs",
-        str(epochs),
-        "--device",
-        "cpu",
-        "--output-dir",
-        tempfile.mkdtemp(),
-        "--run-name",
-        "b",
-    ]
-    if case == "mlp":
-        argv += ["--arch", "mlp", "--model.hidden-sizes", "256", "--model.dropout", "0"]
-    else:
-        argv += ["--arch", "cnn"]
-    trainer = Trainer(parse_training_config(argv), Console(file=io.StringIO()))
-    run_dir = trainer.fit()
-    with open(run_dir / "metrics.csv") as file:
-        elapsed = [float(row["elapsed_s"]) for row in csv.DictReader(file)]
-    epoch_seconds = [b - a for a, b in zip([0.0, *elapsed[:-1]], elapsed, strict=True)]
-    return epoch_seconds, len(trainer.train_loader) * batch_size
-
-
 def main() -> None:
     variant, case, batch_size, epochs, root = sys.argv[1:6]
     torch.set_num_threads(torch.get_num_threads())  # the default: all cores
@@ -250,8 +205,6 @@ def main() -> None:
                 "batch_size": int(batch_size),
                 "epoch_s": epoch_seconds,
                 "samples_per_epoch": samples_per_epoch,
-                "wall_s": time.perf_counter() - PROCESS_STARTED,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "torch": torch.__version__,
             }
         )

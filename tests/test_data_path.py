@@ -257,3 +257,21 @@ def test_channels_last_training_runs(train, tmp_path):
     ]
     assert train(*argv) == 0
     assert (tmp_path / "outputs" / "cl" / "model_best.pth.tar").exists()
+
+
+def test_the_loop_reads_the_device_once_per_logging_interval(train, monkeypatch):
+    """No .item() or .tolist() per step: with 9 steps an epoch and --log-every 5, the host
+    reads device values at the interval ends, the epoch ends and the evaluations only."""
+    reads = []
+    for name in ("item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, original=original, name=name):
+            reads.append(name)
+            return original(self)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    assert train(*TINY, "--epochs", "2", "--log-every", "5") == 0
+    monkeypatch.undo()
+    # Steps 5, 10 and 15 end an interval; 2 epoch ends; 2 evaluations. Nothing per step.
+    assert len(reads) == 3 + 2 + 2, reads

@@ -241,6 +241,8 @@ def test_compiled_model_checkpoints_load_uncompiled(train, evaluate, tmp_path):
     state = torch.load(run_dir / "checkpoint.pth.tar", weights_only=True)
     assert not [key for key in state["model"] if "_orig_mod" in key]
     assert evaluate(str(run_dir)) == 0  # test.py builds the model uncompiled
+    log = (run_dir / "training.log").read_text()
+    assert log.count("torch.compile warm-up: the first step took") == 1
 
 
 def test_live_progress_on_a_terminal(tmp_path):
