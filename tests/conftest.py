@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import sys
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -58,5 +59,20 @@ def evaluate():
 
 
 @pytest.fixture
-def python():
-    return sys.executable
+def signal_at_step(monkeypatch):
+    """Sends ``signum`` to this process right after optimizer step ``step`` completes."""
+
+    from toolbox.progress import ProgressDisplay
+
+    def arrange(step: int, signum: int = signal.SIGTERM, times: int = 1) -> None:
+        advance = ProgressDisplay.advance
+
+        def advance_and_signal(self) -> None:
+            advance(self)
+            if self.steps == step:
+                for _ in range(times):
+                    os.kill(os.getpid(), signum)
+
+        monkeypatch.setattr(ProgressDisplay, "advance", advance_and_signal)
+
+    return arrange

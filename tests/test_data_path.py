@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 
 import pytest
@@ -201,9 +200,8 @@ def test_augmentation_is_seeded_and_resumes_from_its_state():
     assert torch.equal(c(images), expected)
 
 
-def test_augmented_training_resumes_bit_exactly(train, tmp_path, monkeypatch):
+def test_augmented_training_resumes_bit_exactly(train, tmp_path, monkeypatch, signal_at_step):
     from tests.test_resume import assert_same_weights, rows_without_timing
-    from toolbox.progress import ProgressDisplay
 
     argv = [
         *TINY,
@@ -219,14 +217,7 @@ def test_augmented_training_resumes_bit_exactly(train, tmp_path, monkeypatch):
         "2",
     ]
     assert train(*argv, "--run-name", "straight") == 0
-    advance = ProgressDisplay.advance
-
-    def stop_at_step_12(self):
-        advance(self)
-        if self.steps == 12:
-            os.kill(os.getpid(), 15)
-
-    monkeypatch.setattr(ProgressDisplay, "advance", stop_at_step_12)
+    signal_at_step(12)
     assert train(*argv, "--run-name", "stopped") == 143
     monkeypatch.undo()
     stopped = tmp_path / "outputs" / "stopped"

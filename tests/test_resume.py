@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,6 @@ import pytest
 import torch
 
 from tests.conftest import REPO, TINY
-from toolbox.progress import ProgressDisplay
 
 
 def rows_without_timing(run_dir: Path) -> list[dict[str, str]]:
@@ -32,24 +30,6 @@ def assert_same_weights(run_a: Path, run_b: Path) -> None:
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert a["progress"]["step"] == b["progress"]["step"]
-
-
-@pytest.fixture
-def signal_at_step(monkeypatch):
-    """Sends ``signum`` to this process right after optimizer step ``step`` completes."""
-
-    def arrange(step: int, signum: int = signal.SIGTERM, times: int = 1) -> None:
-        advance = ProgressDisplay.advance
-
-        def advance_and_signal(self) -> None:
-            advance(self)
-            if self.steps == step:
-                for _ in range(times):
-                    os.kill(os.getpid(), signum)
-
-        monkeypatch.setattr(ProgressDisplay, "advance", advance_and_signal)
-
-    return arrange
 
 
 # Dropout on and a cosine schedule over the whole run: the RNG, the scheduler and the
