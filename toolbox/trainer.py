@@ -27,6 +27,7 @@ from toolbox.run import (
     LOG,
     MetricsTable,
     close_logging,
+    describe_run,
     environment,
     new_run_dir,
     save_config,
@@ -202,53 +203,23 @@ class Trainer:
         env = environment(self.device)
         if not (self.run_dir / ENV).exists():
             write_json(self.run_dir / ENV, env)
-        info = self.splits.info
-        num_params = sum(p.numel() for p in self.model.parameters())
-        num_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        describe_run(
+            self.logger,
+            self.run_dir,
+            config,
+            self.model,
+            self.splits,
+            env,
+            resumed_at=(self.progress.epoch, self.train_loader.next_batch, len(self.train_loader))
+            if resumed
+            else None,
+            skipped_init_keys=self.skipped_init_keys,
+        )
         if resumed:
-            position = self.train_loader.next_batch
-            self.logger.info(
-                "resuming %s at epoch %d%s",
-                self.run_dir,
-                self.progress.epoch + 1,
-                f", batch {position + 1} of {len(self.train_loader)}" if position else "",
-            )
             for stale in checkpoint.remove_stale_temporaries(self.run_dir):
                 self.logger.info("removed %s, left by an interrupted write", stale.name)
             # Rows and points written after the checkpoint was taken would be repeated.
             self.table.drop_rows_after(self.progress.step)
-        else:
-            self.logger.info("run %s", self.run_dir)
-        self.logger.info(
-            "%s on %s: %s train / %s val samples, input %s, %d outputs (%s)",
-            config.arch,
-            config.dataset,
-            f"{len(self.splits.train['target']):,}",
-            f"{len(self.splits.val['target']):,}",
-            "x".join(map(str, info.input_shape)),
-            info.num_outputs,
-            info.task,
-        )
-        self.logger.info(
-            "model: %s parameters (%s trainable); device %s (%s), precision %s%s",
-            f"{num_params:,}",
-            f"{num_trainable:,}",
-            self.device,
-            env["device_name"],
-            config.precision,
-            ", compiled" if config.compile else "",
-        )
-        if config.init_from is not None and not resumed:
-            self.logger.info(
-                "initialised from %s%s",
-                config.init_from,
-                f"; skipped (shape differs or absent): {', '.join(self.skipped_init_keys)}"
-                if self.skipped_init_keys
-                else "",
-            )
-        self.logger.info("architecture:\n%s", self.model, extra={"file_only": True})
-        self.logger.info("config: %s", to_plain(config), extra={"file_only": True})
-        self.logger.info("environment: %s", env, extra={"file_only": True})
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step drops points a crashed session logged after its last checkpoint.
@@ -349,6 +320,9 @@ class Trainer:
                         self._evaluate_and_record(train_loss, display)
                     self._save_epoch_end()
                     self._stop_if_requested()
+        except UserError as error:
+            self.logger.info("error: %s", error, extra={"file_only": True})  # stderr has it
+            raise
         except KeyboardInterrupt:
             resume_from = self.run_dir / checkpoint.LAST
             if resume_from.exists():
