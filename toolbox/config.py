@@ -117,6 +117,10 @@ class TrainingConfig:
     """Keep the newest this many per-epoch checkpoints, checkpoint_e<N>.pth.tar (0: none)."""
     save_at: tuple[int, ...] = ()
     """Epochs whose checkpoint_e<N>.pth.tar is kept for good, whatever --keep-last says."""
+    early_stop_patience: int = 0
+    """Stop after this many evaluations without improvement of --monitor (0: never)."""
+    early_stop_lr: float = 0.0
+    """Stop when the learning rate falls below this value (0: never)."""
     nan_policy: Literal["abort", "skip"] = "abort"
     """On a non-finite loss: abort, keeping the last good checkpoint; or skip that batch."""
     max_nan_skips: int = 10
@@ -173,7 +177,15 @@ def problems(config: TrainingConfig) -> list[str]:
         value = getattr(config, name)
         if value < 1:
             found.append(f"--{name.replace('_', '-')} is {value}; it must be at least 1.")
-    for name in ("num_workers", "checkpoint_every_steps", "keep_last", "max_nan_skips"):
+    if not config.early_stop_lr >= 0:
+        found.append(f"--early-stop-lr is {config.early_stop_lr}; it must be 0 (off) or more.")
+    for name in (
+        "num_workers",
+        "checkpoint_every_steps",
+        "keep_last",
+        "max_nan_skips",
+        "early_stop_patience",
+    ):
         value = getattr(config, name)
         if value < 0:
             found.append(f"--{name.replace('_', '-')} is {value}; it must be 0 or more.")

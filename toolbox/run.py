@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
 import platform
+import shlex
 import socket
 import subprocess
 import sys
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -23,6 +26,8 @@ CONFIG = "config.json"
 ENV = "env.json"
 LOG = "training.log"
 METRICS = "metrics.csv"
+RECORD = "run.json"
+RUNTIME = "runtime.json"
 
 
 def new_run_dir(config: TrainingConfig) -> Path:
@@ -64,21 +69,107 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(temporary, path)
 
 
+def _git(directory: Path, *args: str) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
 def git_state(directory: Path) -> dict[str, str | bool | None]:
-    """The commit the toolbox code was at, and whether it had uncommitted changes."""
+    """The commit and branch the toolbox code was at, and whether it had changes."""
+    commit = _git(directory, "rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "branch": None, "dirty": None}
+    branch = _git(directory, "rev-parse", "--abbrev-ref", "HEAD")
+    status = _git(directory, "status", "--porcelain")
+    return {
+        "commit": commit.strip(),
+        "branch": branch.strip() if branch else None,
+        "dirty": bool(status and status.strip()),
+    }
 
-    def git(*args: str) -> str | None:
-        try:
-            result = subprocess.run(
-                ["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return result.stdout.strip() if result.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain") if commit else None
-    return {"commit": commit, "dirty": bool(status) if commit else None}
+def source_hashes(directory: Path) -> dict[str, str]:
+    """sha256 of every toolbox source file, for runs made outside a git checkout."""
+    return {
+        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*.py"))
+    }
+
+
+class RunRecord:
+    """``run.json``: how the run was made (command, host, code) and how it went (status,
+    sessions, best metric, why it stopped), so that it can be reproduced and compared."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.path = run_dir / RECORD
+        self.data: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    @property
+    def run_id(self) -> str:
+        return self.data["run_id"]
+
+    def start(self, config: TrainingConfig) -> None:
+        """A session begins: a new run, or a resume of this one."""
+        code_dir = Path(toolbox.__file__).resolve().parent
+        git = git_state(code_dir)
+        if not self.data:
+            self.data = {"run_id": uuid.uuid4().hex, "created": _now(), "sessions": []}
+        session = {
+            "started": _now(),
+            "command": shlex.join(["python", *sys.argv]),
+            "cwd": os.getcwd(),
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "git": git,
+        }
+        if git["commit"] is None:
+            session["source_sha256"] = source_hashes(code_dir)
+        elif git["dirty"]:
+            # The uncommitted changes, so the exact code can be rebuilt from commit + diff.
+            diff = _git(code_dir, "diff", "HEAD") or ""
+            number = len(self.data["sessions"]) + 1
+            name = "code.diff" if number == 1 else f"code.session{number}.diff"
+            (self.run_dir / name).write_text(diff)
+            session["diff"] = name
+        self.data["sessions"].append(session)
+        self.data.update(
+            status="running",
+            arch=config.arch,
+            dataset=config.dataset,
+            epochs=config.epochs,
+            monitor=config.monitor,
+            error=None,
+            stop_reason=None,
+        )
+        self.save()
+
+    def progress(
+        self, epochs_done: int, best_value: float | None, best_epoch: int | None, elapsed_s: float
+    ) -> None:
+        self.data.update(
+            epochs_done=epochs_done,
+            best={"metric": self.data["monitor"], "value": best_value, "epoch": best_epoch},
+            duration_s=round(elapsed_s, 3),
+        )
+        self.save()
+
+    def finish(self, status: str, *, error: str | None = None, reason: str | None = None) -> None:
+        self.data["sessions"][-1]["ended"] = _now()
+        self.data.update(status=status, error=error, stop_reason=reason, ended=_now())
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
+
+
+def _now() -> str:
+    return datetime.now().isoformat(timespec="seconds")
 
 
 def environment(device: torch.device) -> dict:

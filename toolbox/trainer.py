@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -25,7 +26,9 @@ from toolbox.progress import ProgressDisplay, format_duration
 from toolbox.run import (
     ENV,
     LOG,
+    RUNTIME,
     MetricsTable,
+    RunRecord,
     close_logging,
     describe_run,
     environment,
@@ -60,6 +63,10 @@ class Progress:
     epoch_samples: int = 0
     nan_skips: int = 0
     """Batches skipped for a non-finite loss (--nan-policy skip)."""
+    evals_since_best: int = 0
+    """Evaluations since the monitored metric last improved (for --early-stop-patience)."""
+    lr_scale: float = 1.0
+    """The learning-rate factor last read from runtime.json."""
 
 
 class Trainer:
@@ -187,19 +194,53 @@ class Trainer:
             for key, value in fresh.items():
                 if key not in ("lr", "initial_lr"):
                     group[key] = value
-            group["lr"] *= lr_ratio
-            if "initial_lr" in group:
-                group["initial_lr"] *= lr_ratio
-        if hasattr(self.scheduler, "base_lrs"):
-            self.scheduler.base_lrs = [lr * lr_ratio for lr in self.scheduler.base_lrs]
+        self._scale_lr(lr_ratio)
         sched = self.config.sched
         for name in ("factor", "patience"):  # ReduceLROnPlateau keeps these in its state
             if hasattr(self.scheduler, name) and hasattr(sched, name):
                 setattr(self.scheduler, name, getattr(sched, name))
 
+    def _scale_lr(self, ratio: float) -> None:
+        """Multiply the learning rate now and everything the schedule derives it from."""
+        if ratio == 1.0:
+            return
+        for group in self.optimizer.param_groups:
+            group["lr"] *= ratio
+            if "initial_lr" in group:
+                group["initial_lr"] *= ratio
+        if hasattr(self.scheduler, "base_lrs"):
+            self.scheduler.base_lrs = [lr * ratio for lr in self.scheduler.base_lrs]
+
+    def _read_runtime(self) -> None:
+        """Apply an edited runtime.json (read at each epoch's start); a bad edit is logged
+        and ignored rather than ending a long run."""
+        path = self.run_dir / RUNTIME
+        try:
+            scale = json.loads(path.read_text())["lr_scale"]
+            if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and scale > 0):
+                raise ValueError(f"lr_scale must be a positive number, not {scale!r}")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            self.logger.info("runtime.json ignored: %s", error)
+            return
+        if scale != self.progress.lr_scale:
+            self.logger.info(
+                "runtime.json: lr_scale %g -> %g from epoch %d",
+                self.progress.lr_scale,
+                scale,
+                self.progress.epoch + 1,
+            )
+            self._scale_lr(scale / self.progress.lr_scale)
+            self.progress.lr_scale = float(scale)
+
     def _write_records(self, resumed: bool) -> None:
         config = self.config
         save_config(self.run_dir, config)
+        self.record = RunRecord(self.run_dir)
+        self.record.start(config)
+        if not (self.run_dir / RUNTIME).exists():
+            write_json(self.run_dir / RUNTIME, {"lr_scale": self.progress.lr_scale})
         env = environment(self.device)
         if not (self.run_dir / ENV).exists():
             write_json(self.run_dir / ENV, env)
@@ -230,6 +271,7 @@ class Trainer:
     def _state(self) -> dict:
         return {
             "format": checkpoint.FORMAT,
+            "run_id": self.record.run_id,
             "config": to_plain(self.config),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -307,9 +349,11 @@ class Trainer:
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        stop_reason = None
         try:
             with display:
                 for epoch_idx in range(self.progress.epoch, config.epochs):
+                    self._read_runtime()
                     train_loss = self._train_epoch(epoch_idx, display)
                     self.progress.epoch = epoch_idx + 1
                     self.progress.epoch_loss_sum = 0.0
@@ -318,12 +362,21 @@ class Trainer:
                         self.progress.epoch == config.epochs
                     ):
                         self._evaluate_and_record(train_loss, display)
+                        stop_reason = self._early_stop_reason()
                     self._save_epoch_end()
                     self._stop_if_requested()
+                    if stop_reason:
+                        self.logger.info("stopping early: %s", stop_reason)
+                        break
+        except RunStopped as stopped:
+            self.record.finish("interrupted", reason=str(stopped))
+            raise
         except UserError as error:
             self.logger.info("error: %s", error, extra={"file_only": True})  # stderr has it
+            self.record.finish("failed", error=str(error))
             raise
         except KeyboardInterrupt:
+            self.record.finish("interrupted", reason="interrupted by Ctrl-C")
             resume_from = self.run_dir / checkpoint.LAST
             if resume_from.exists():
                 self.logger.info(
@@ -332,10 +385,14 @@ class Trainer:
                     resume_from,
                 )
             raise
+        except Exception as error:
+            self.record.finish("failed", error=f"{type(error).__name__}: {error}")
+            raise
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             self.writer.close()
+        self.record.finish("finished", reason=stop_reason)
         best = self.progress.best_value
         self.logger.info(
             "done: %d epochs in %s; best %s %s at epoch %s. Evaluate on the test split with: "
@@ -443,6 +500,19 @@ class Trainer:
         flush()
         return progress.epoch_loss_sum / max(progress.epoch_samples, 1)
 
+    def _early_stop_reason(self) -> str | None:
+        config, progress = self.config, self.progress
+        if config.early_stop_patience and progress.evals_since_best >= config.early_stop_patience:
+            return (
+                f"{config.monitor} has not improved for {progress.evals_since_best} evaluations "
+                f"(best {progress.best_value:.4g} at epoch {progress.best_epoch}; "
+                f"--early-stop-patience {config.early_stop_patience})"
+            )
+        lr = self.optimizer.param_groups[0]["lr"]
+        if lr < config.early_stop_lr:
+            return f"the learning rate {lr:.3g} fell below --early-stop-lr {config.early_stop_lr:g}"
+        return None
+
     def _evaluate_and_record(self, train_loss: float, display: ProgressDisplay) -> None:
         config, progress = self.config, self.progress
         result = evaluate(
@@ -468,6 +538,9 @@ class Trainer:
         if improved:
             progress.best_value = monitored
             progress.best_epoch = progress.epoch
+            progress.evals_since_best = 0
+        else:
+            progress.evals_since_best += 1
         epoch = progress.epoch
         row = {"epoch": epoch, "step": progress.step, "lr": lr, "train_loss": train_loss}
         row.update(values)
@@ -489,6 +562,9 @@ class Trainer:
             " ".join(f"{name} {value:.4f}" for name, value in values.items()),
             lr,
             " (best)" if improved else "",
+        )
+        self.record.progress(
+            progress.epoch, progress.best_value, progress.best_epoch, self._elapsed()
         )
         if improved:
             self._save(checkpoint.BEST)

@@ -1,0 +1,266 @@
+"""Run records (run.json), the runs table, early stopping and runtime.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import toolbox
+from tests.conftest import TINY, run_main
+from toolbox.run import RunRecord
+
+
+def runs(*argv: str) -> int:
+    from toolbox.runs import main
+
+    return run_main(main, ["runs", *argv])
+
+
+def record(run_dir: Path) -> dict:
+    return json.loads((run_dir / "run.json").read_text())
+
+
+def test_a_finished_run_records_how_it_was_made_and_how_it_went(train, tmp_path):
+    assert train(*TINY, "--run-name", "done") == 0
+    run_dir = tmp_path / "outputs" / "done"
+    data = record(run_dir)
+    assert data["status"] == "finished" and data["error"] is None
+    assert (data["arch"], data["dataset"], data["epochs_done"], data["epochs"]) == (
+        "mlp",
+        "synthetic",
+        2,
+        2,
+    )
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert data["best"]["metric"] == "val_loss"
+    assert data["best"]["value"] == pytest.approx(min(float(r["val_loss"]) for r in rows))
+    (session,) = data["sessions"]
+    assert session["hostname"] and session["started"] and session["ended"]
+    assert session["command"].startswith("python ")
+    assert {"commit", "branch", "dirty"} <= set(session["git"])
+    assert data["duration_s"] > 0
+    state = torch.load(run_dir / "checkpoint.pth.tar", weights_only=True)
+    assert state["run_id"] == data["run_id"]
+
+
+def test_resuming_adds_a_session_to_the_same_record(train, tmp_path):
+    assert train(*TINY, "--run-name", "r") == 0
+    run_dir = tmp_path / "outputs" / "r"
+    first = record(run_dir)
+    assert train("--resume", str(run_dir / "checkpoint.pth.tar"), "--epochs", "3") == 0
+    again = record(run_dir)
+    assert again["run_id"] == first["run_id"] and len(again["sessions"]) == 2
+    assert again["epochs_done"] == 3 and again["status"] == "finished"
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def test_uncommitted_code_is_saved_as_a_diff(tmp_path, monkeypatch):
+    from toolbox.config import TrainingConfig
+
+    repo = tmp_path / "repo"
+    (repo / "toolbox").mkdir(parents=True)
+    source = repo / "toolbox" / "__init__.py"
+    source.write_text("a = 1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "x", "--allow-empty")
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "code")
+    source.write_text("a = 2\n")
+    monkeypatch.setattr(toolbox, "__file__", str(source))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    RunRecord(run_dir).start(TrainingConfig())
+    session = record(run_dir)["sessions"][0]
+    assert session["git"]["dirty"] is True and session["diff"] == "code.diff"
+    assert "+a = 2" in (run_dir / "code.diff").read_text()
+
+
+def test_outside_git_the_source_files_are_hashed(tmp_path, monkeypatch):
+    from toolbox.config import TrainingConfig
+
+    package = tmp_path / "plain" / "toolbox"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("a = 1\n")
+    monkeypatch.setattr(toolbox, "__file__", str(package / "__init__.py"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    RunRecord(run_dir).start(TrainingConfig())
+    session = record(run_dir)["sessions"][0]
+    assert session["git"]["commit"] is None and set(session["source_sha256"]) == {"__init__.py"}
+
+
+@pytest.fixture
+def mixed_runs(train, tmp_path, signal_at_step, monkeypatch, poisoned_once):
+    """A directory with a finished, an interrupted, a failed and a crashed run."""
+    outputs = tmp_path / "outputs"
+    assert train(*TINY, "--run-name", "finished") == 0
+    assert train(*TINY, "--arch", "cnn", "--run-name", "other-arch") == 0
+    signal_at_step(3)
+    assert train(*TINY, "--run-name", "interrupted") == 143
+    monkeypatch.undo()
+    poisoned_once()
+    assert train(*TINY, "--run-name", "failed") == 3
+    crashed = record(outputs / "finished")
+    crashed.update(status="running", run_id="c")
+    crashed["sessions"][-1]["pid"] = 2**22 + 12345  # no such process
+    (outputs / "crashed").mkdir()
+    (outputs / "crashed" / "run.json").write_text(json.dumps(crashed))
+    (outputs / "crashed" / "config.json").write_text(
+        (outputs / "finished" / "config.json").read_text()
+    )
+    return outputs
+
+
+@pytest.fixture
+def poisoned_once(monkeypatch):
+    from toolbox.datasets.synthetic import Synthetic
+
+    def poison() -> None:
+        build = Synthetic.build
+
+        def poisoned_build(self):
+            splits = build(self)
+            splits.train["input"][:] = float("nan")
+            return splits
+
+        monkeypatch.setattr(Synthetic, "build", poisoned_build)
+
+    return poison
+
+
+def test_the_runs_table_lists_every_status_newest_first(mixed_runs, capsys):
+    assert runs(str(mixed_runs), "--csv") == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    status = {row["run"]: row["status"] for row in rows}
+    assert status == {
+        "finished": "finished",
+        "other-arch": "finished",
+        "interrupted": "interrupted",
+        "failed": "failed",
+        "crashed": "crashed",
+    }
+    dates = [row["date"] for row in rows]
+    assert dates == sorted(dates, reverse=True)
+    assert rows[0]["epochs"] and next(r for r in rows if r["run"] == "finished")["best"]
+
+    assert runs(str(mixed_runs), "--csv", "--arch", "cnn") == 0
+    assert [r["run"] for r in csv.DictReader(capsys.readouterr().out.splitlines())] == [
+        "other-arch"
+    ]
+    assert runs(str(mixed_runs), "--csv", "--status", "failed") == 0
+    assert "failed" in capsys.readouterr().out
+    assert runs(str(mixed_runs)) == 0
+    assert "5 runs" in capsys.readouterr().out
+
+
+def test_failed_and_interrupted_runs_say_why(mixed_runs):
+    assert "non-finite" in record(mixed_runs / "failed")["error"]
+    assert "SIGTERM" in record(mixed_runs / "interrupted")["stop_reason"]
+
+
+def test_runs_show_diff_and_which(mixed_runs, capsys):
+    assert runs("show", str(mixed_runs / "finished")) == 0
+    shown = capsys.readouterr().out
+    assert "finished" in shown and "optim.lr" in shown and "python " in shown
+    assert runs("diff", str(mixed_runs / "finished"), str(mixed_runs / "other-arch")) == 0
+    shown = capsys.readouterr().out
+    assert "arch" in shown and "model.hidden_sizes" in shown and "optim.lr" not in shown
+    checkpoint = mixed_runs / "other-arch" / "model_best.pth.tar"
+    copy = mixed_runs.parent / "somewhere-else.pth.tar"
+    copy.write_bytes(checkpoint.read_bytes())
+    assert runs("which", str(copy), "--dir", str(mixed_runs)) == 0
+    assert f"run {mixed_runs / 'other-arch'}" in capsys.readouterr().out
+
+
+def test_runs_mistakes_get_one_message(tmp_path, capsys):
+    assert runs(str(tmp_path / "missing")) == 2
+    assert "not a directory of runs" in capsys.readouterr().err
+    assert runs("show", str(tmp_path)) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert runs("diff", "a") == 2
+    assert "two runs" in capsys.readouterr().err
+
+
+# --- early stopping and runtime changes --------------------------------------------------
+
+
+def test_early_stop_patience_stops_and_records_why(train, tmp_path):
+    # Heavy label smoothing on resume makes every later evaluation worse than the best.
+    assert train(*TINY, "--epochs", "2", "--run-name", "run") == 0
+    run_dir = tmp_path / "outputs" / "run"
+    resume = ["--resume", str(run_dir / "checkpoint.pth.tar"), "--epochs", "10"]
+    assert train(*resume, "--loss.label-smoothing", "0.9", "--early-stop-patience", "2") == 0
+    data = record(run_dir)
+    assert data["epochs_done"] == 4 and data["status"] == "finished"
+    assert "has not improved for 2 evaluations" in data["stop_reason"]
+    assert "stopping early" in (run_dir / "training.log").read_text()
+
+
+def test_early_stop_lr_stops_when_the_rate_is_low(train, tmp_path):
+    argv = [
+        *TINY,
+        "--epochs",
+        "10",
+        "--scheduler",
+        "step",
+        "--sched.step-epochs",
+        "1",
+        "--sched.gamma",
+        "0.1",
+        "--early-stop-lr",
+        "1e-6",
+        "--run-name",
+        "lr",
+    ]
+    assert train(*argv) == 0
+    data = record(tmp_path / "outputs" / "lr")
+    # lr 1e-3 -> 1e-4 -> 1e-5 -> 1e-6 -> 1e-7 < 1e-6 after epoch 4.
+    assert data["epochs_done"] == 4 and "fell below --early-stop-lr" in data["stop_reason"]
+
+
+def test_runtime_json_scales_the_learning_rate_from_the_next_epoch(train, tmp_path, monkeypatch):
+    from toolbox.trainer import Trainer
+
+    argv = [*TINY, "--epochs", "3", "--scheduler", "none", "--run-name", "rt"]
+    run_dir = tmp_path / "outputs" / "rt"
+    train_epoch = Trainer._train_epoch
+
+    def edit_after_epoch_1(self, epoch_idx, display):
+        if epoch_idx == 1:
+            (run_dir / "runtime.json").write_text(json.dumps({"lr_scale": 0.5}))
+        return train_epoch(self, epoch_idx, display)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", edit_after_epoch_1)
+    assert train(*argv) == 0
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    # The edit lands during epoch 2, so epoch 3 is the first at half the rate.
+    assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3, 1e-3, 5e-4])
+    assert "runtime.json: lr_scale 1 -> 0.5 from epoch 3" in (run_dir / "training.log").read_text()
+    monkeypatch.undo()
+    # The scale survives resume: the resumed run keeps half the rate.
+    assert train("--resume", str(run_dir / "checkpoint.pth.tar"), "--epochs", "4") == 0
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert float(rows[-1]["lr"]) == pytest.approx(5e-4)
+
+
+def test_a_bad_runtime_edit_is_logged_and_ignored(train, tmp_path, monkeypatch):
+    from toolbox.trainer import Trainer
+
+    run_dir = tmp_path / "outputs" / "bad"
+    train_epoch = Trainer._train_epoch
+
+    def corrupt(self, epoch_idx, display):
+        (run_dir / "runtime.json").write_text('{"lr_scale": -1')
+        return train_epoch(self, epoch_idx, display)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", corrupt)
+    assert train(*TINY, "--epochs", "2", "--run-name", "bad") == 0
+    assert "runtime.json ignored" in (run_dir / "training.log").read_text()
