@@ -259,6 +259,8 @@ def test_live_progress_on_a_terminal(tmp_path):
     Trainer(config, console).fit()
     shown = screen.getvalue()
     assert "━" in shown and "samples/s" in shown and "eta" in shown  # the live bar
+    # Above it, a table of the recent evaluations.
+    assert "train_loss" in shown and "val_accuracy" in shown and "best" in shown
     assert "epoch 2/2 train_loss" in shown
     # Progress lines are the bar's job on a terminal, but the log file keeps them.
     assert "step 5/18" not in shown

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -14,8 +15,28 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 REFRESH_SECONDS = 0.25
+RECENT_EVALUATIONS = 5
+
+
+class _ProgressWithRecent(Progress):
+    """The bar, under a table of the last few evaluations."""
+
+    def __init__(self, *columns, **options) -> None:
+        self.recent: list[dict[str, str]] = []  # set first: the base class renders at once
+        super().__init__(*columns, **options)
+
+    def get_renderables(self):
+        if self.recent:
+            table = Table(box=box.SIMPLE, padding=(0, 1), show_edge=False)
+            for column in self.recent[-1]:
+                table.add_column(column, justify="right")
+            for row in self.recent[-RECENT_EVALUATIONS:]:
+                table.add_row(*row.values())
+            yield table
+        yield self.make_tasks_table(self.tasks)
 
 
 def format_duration(seconds: float) -> str:
@@ -46,7 +67,7 @@ class ProgressDisplay:
         self.progress = None
         self.last_refresh = 0.0
         if self.live:
-            self.progress = Progress(
+            self.progress = _ProgressWithRecent(
                 TextColumn("[bold]{task.fields[epoch]}"),
                 BarColumn(bar_width=24),
                 MofNCompleteColumn(),
@@ -106,7 +127,15 @@ class ProgressDisplay:
             extra={"progress": True},
         )
 
-    def show_metrics(self, metrics: dict[str, float]) -> None:
-        self.fields["metrics"] = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    def show_evaluation(self, row: dict[str, float | int], improved: bool) -> None:
+        """An evaluation's results: into the bar's text and the table of recent ones."""
+        values = {k: v for k, v in row.items() if k.startswith("val_")}
+        self.fields["metrics"] = " ".join(f"{k} {v:.4f}" for k, v in values.items())
         if self.progress is not None:
+            cells = {
+                key: f"{value:.4g}" if isinstance(value, float) else str(value)
+                for key, value in row.items()
+            }
+            cells["best"] = "*" if improved else ""
+            self.progress.recent.append(cells)
             self.progress.update(self.task, metrics=self.fields["metrics"], refresh=True)

@@ -553,7 +553,7 @@ class Trainer:
         for name, value in values.items():
             self.writer.add_scalar(name.replace("val_", "val/", 1), value, epoch)
         self.writer.flush()
-        display.show_metrics(values)
+        display.show_evaluation(row, improved)
         self.logger.info(
             "epoch %d/%d train_loss %.4f %s lr %.3g%s",
             epoch,
