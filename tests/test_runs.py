@@ -264,3 +264,33 @@ def test_a_bad_runtime_edit_is_logged_and_ignored(train, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "_train_epoch", corrupt)
     assert train(*TINY, "--epochs", "2", "--run-name", "bad") == 0
     assert "runtime.json ignored" in (run_dir / "training.log").read_text()
+
+
+def test_a_run_draws_its_curves_and_gives_tensorboard_the_extras(train, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    argv = [
+        *TINY,
+        "--data.input-shape",
+        "1",
+        "8",
+        "8",
+        "--histogram-every",
+        "1",
+        "--run-name",
+        "tb",
+    ]
+    assert train(*argv) == 0
+    run_dir = tmp_path / "outputs" / "tb"
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = EventAccumulator(
+        str(run_dir), size_guidance={"histograms": 0, "images": 0, "tensors": 0}
+    )
+    events.Reload()
+    tags = events.Tags()
+    assert "samples/train" in tags["images"]
+    assert any(tag.startswith("weights/") for tag in tags["histograms"])
+    assert any(tag.startswith("grads/") for tag in tags["histograms"])
+    assert [e.step for e in events.Histograms(tags["histograms"][0])] == [1, 2]
+    assert "hparams" in events.PluginTagToContent("hparams") or events.PluginTagToContent("hparams")
+    assert not list(run_dir.glob(".*tmp*"))

@@ -64,7 +64,10 @@ def _fsync_directory(directory: Path) -> None:
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
     """Delete temporary files a killed process left behind (``.NAME.XXXX``)."""
-    stale = [path for path in Path(directory).glob(".*.pth.tar.*") if path.is_file()]
+    patterns = (".*.pth.tar.*", ".*.png.*.tmp")  # checkpoints, and curves.png being drawn
+    stale = [
+        path for pattern in patterns for path in Path(directory).glob(pattern) if path.is_file()
+    ]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

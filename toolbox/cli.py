@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,21 +20,15 @@ from toolbox.config import (
     validate,
     with_components,
 )
-from toolbox.errors import RunStopped, UserError
-
-
-class _SelectorParser(argparse.ArgumentParser):
-    """Stage one reads only the selectors and --resume; its mistakes are user errors."""
-
-    def error(self, message: str) -> None:
-        raise UserError(f"{message}; see python {self.prog} --help.")
+from toolbox.errors import ArgumentParser, RunStopped, UserError
 
 
 def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> TrainingConfig:
     """Two stages (see DESIGN.md): the selectors pick the component classes of the default
     config (or of the resumed run's config), then tyro parses every option against it."""
     argv = list(argv)
-    selectors = _SelectorParser(prog=prog, add_help=False, allow_abbrev=False)
+    # Stage one reads only the selectors and --resume / --init-from.
+    selectors = ArgumentParser(prog=prog)
     for selector, _ in SLOTS.values():
         selectors.add_argument(f"--{selector}")
     selectors.add_argument("--resume", type=Path)
@@ -116,13 +110,21 @@ def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None)
     except KeyboardInterrupt:
         stderr.print("[bold red]interrupted[/]")
         return 130
+    except BrokenPipeError:
+        # The reader went away (`train.py --help | head`): stop writing, quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def train_main(argv: list[str]) -> int:
+    if any(arg == "--sweep" or arg.startswith("--sweep=") for arg in argv):
+        from toolbox.sweep import run_sweep
+
+        return run_sweep(argv)
     config = parse_training_config(argv)
     from toolbox.trainer import Trainer
 
-    Trainer(config).fit()
+    Trainer(config, command=["train.py", *argv]).fit()
     return 0
 
 

@@ -67,7 +67,9 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Train a model. Pick components with the selectors; their options follow in groups."""
+    """Train a model. Pick components with the selectors; their options follow in groups.
+    --sweep KEY=V1,V2 (repeatable, e.g. --sweep optim.lr=0.1,0.01 --sweep seed=0,1) trains
+    every combination into <output-dir>/<run-name>/ and writes summary.csv."""
 
     arch: Annotated[str, _selector(MODELS)] = "mlp"
     """Model architecture; its options are listed under --model.* (see --arch NAME --help)."""
@@ -106,6 +108,8 @@ class TrainingConfig:
     """Worker processes for datasets served through a DataLoader (--data.loader dataloader)."""
     eval_every: int = 1
     """Epochs between two evaluations on the validation split (the last epoch always is)."""
+    histogram_every: int = 10
+    """Epochs between two TensorBoard histograms of the weights and gradients (0: never)."""
     log_every: int = 50
     """Optimizer steps between two progress updates of the loss (each costs one host sync)."""
     monitor: str = "val_loss"
@@ -185,6 +189,7 @@ def problems(config: TrainingConfig) -> list[str]:
         "keep_last",
         "max_nan_skips",
         "early_stop_patience",
+        "histogram_every",
     ):
         value = getattr(config, name)
         if value < 0:

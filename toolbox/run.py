@@ -114,15 +114,16 @@ class RunRecord:
     def run_id(self) -> str:
         return self.data["run_id"]
 
-    def start(self, config: TrainingConfig) -> None:
-        """A session begins: a new run, or a resume of this one."""
+    def start(self, config: TrainingConfig, command: list[str] | None = None) -> None:
+        """A session begins: a new run, or a resume of this one. ``command`` is the script
+        and arguments that made it (default: this process's own)."""
         code_dir = Path(toolbox.__file__).resolve().parent
         git = git_state(code_dir)
         if not self.data:
             self.data = {"run_id": uuid.uuid4().hex, "created": _now(), "sessions": []}
         session = {
             "started": _now(),
-            "command": shlex.join(["python", *sys.argv]),
+            "command": shlex.join(["python", *(command or sys.argv)]),
             "cwd": os.getcwd(),
             "hostname": socket.gethostname(),
             "pid": os.getpid(),

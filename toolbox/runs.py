@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -11,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from toolbox.errors import UserError
+from toolbox.errors import ArgumentParser, UserError
 from toolbox.run import CONFIG, METRICS, RECORD
 
 USAGE = """\
@@ -21,11 +20,6 @@ python -m toolbox runs diff RUN_A RUN_B
 python -m toolbox runs which CHECKPOINT [--dir DIR]
 
 DIR defaults to outputs/. RUN is a run directory (or its name under outputs/)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise UserError(f"{message}.\nUsage:\n{USAGE}")
 
 
 def _records(directory: Path) -> list[tuple[Path, dict]]:
@@ -72,7 +66,7 @@ def _row(run_dir: Path, root: Path, record: dict) -> dict:
 
 
 def list_runs(args: list[str]) -> None:
-    parser = _Parser(prog="python -m toolbox runs", add_help=False)
+    parser = ArgumentParser(prog="python -m toolbox runs", hint=f"usage:\n{USAGE}")
     parser.add_argument("dir", nargs="?", default="outputs", type=Path)
     parser.add_argument("--csv", action="store_true")
     for name in ("arch", "dataset", "status"):
@@ -166,7 +160,7 @@ def diff(args: list[str]) -> None:
 
 
 def which(args: list[str]) -> None:
-    parser = _Parser(prog="python -m toolbox runs which", add_help=False)
+    parser = ArgumentParser(prog="python -m toolbox runs which", hint=f"usage:\n{USAGE}")
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--dir", type=Path, default=Path("outputs"))
     options = parser.parse_args(args)

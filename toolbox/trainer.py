@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from toolbox import checkpoint
+from toolbox import checkpoint, records
 from toolbox.config import TrainingConfig, from_plain, to_plain
 from toolbox.data.augment import BatchAugment
 from toolbox.data.loaders import Normalizer, make_loader, to_device
@@ -70,8 +70,14 @@ class Progress:
 
 
 class Trainer:
-    def __init__(self, config: TrainingConfig, console: Console | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainingConfig,
+        console: Console | None = None,
+        command: list[str] | None = None,
+    ) -> None:
         self.config = config
+        self.command = command
         self.console = console or Console()
         resumed = checkpoint.load_checkpoint(config.resume) if config.resume else None
 
@@ -238,10 +244,11 @@ class Trainer:
         config = self.config
         save_config(self.run_dir, config)
         self.record = RunRecord(self.run_dir)
-        self.record.start(config)
+        self.record.start(config, self.command)
         if not (self.run_dir / RUNTIME).exists():
             write_json(self.run_dir / RUNTIME, {"lr_scale": self.progress.lr_scale})
         env = environment(self.device)
+        info = self.splits.info
         if not (self.run_dir / ENV).exists():
             write_json(self.run_dir / ENV, env)
         describe_run(
@@ -267,6 +274,17 @@ class Trainer:
         self.writer = SummaryWriter(
             str(self.run_dir), purge_step=self.progress.step if resumed else None
         )
+        self.plotter = records.CurvesPlotter(
+            self.table.path,
+            self.run_dir / records.CURVES,
+            title=self.run_dir.name,
+            higher_is_better={name: m.higher_is_better for name, m in self.metrics.items()},
+        )
+        if not resumed and len(info.input_shape) == 3:
+            records.log_sample_grid(
+                self.writer, self.splits.train["input"][:64], info.mean, info.std, step=0
+            )
+        self.last_values: dict[str, float] = {}
 
     def _state(self) -> dict:
         return {
@@ -364,11 +382,21 @@ class Trainer:
                         self._evaluate_and_record(train_loss, display)
                         stop_reason = self._early_stop_reason()
                     self._save_epoch_end()
-                    self._stop_if_requested()
                     if stop_reason:
                         self.logger.info("stopping early: %s", stop_reason)
                         break
+                    if self.progress.epoch < config.epochs:  # a stop after the last: finished
+                        self._stop_if_requested()
+            self.plotter.update(force=True)
+            final = {**self.last_values, f"best_{config.monitor}": self.progress.best_value}
+            records.log_hparams(
+                self.writer,
+                to_plain(config),
+                {key: value for key, value in final.items() if value is not None},
+                step=self.progress.epoch,
+            )
         except RunStopped as stopped:
+            self.plotter.update(force=True)
             self.record.finish("interrupted", reason=str(stopped))
             raise
         except UserError as error:
@@ -405,6 +433,12 @@ class Trainer:
             self.run_dir,
         )
         close_logging(self.logger)
+        if self.stop_signal is not None:
+            # The stop came during the last epoch: the run is complete (and recorded so), but
+            # whoever asked to stop, a scheduler or a sweep, is still told.
+            raise RunStopped(
+                f"stopped by {signal.Signals(self.stop_signal).name}", 128 + self.stop_signal
+            )
         return self.run_dir
 
     def _train_epoch(self, epoch_idx: int, display: ProgressDisplay) -> float:
@@ -466,6 +500,11 @@ class Trainer:
             if config.clip_grad is not None:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
+            every = config.histogram_every
+            if every and batch_idx + 1 == num_batches and (epoch_idx + 1) % every == 0:
+                # Before the step: zero_grad(set_to_none) would take the gradients away.
+                scale = 1.0 if config.clip_grad is not None else self.scaler.get_scale()
+                records.log_histograms(self.writer, self.model, epoch_idx + 1, grad_scale=scale)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
@@ -553,6 +592,8 @@ class Trainer:
         for name, value in values.items():
             self.writer.add_scalar(name.replace("val_", "val/", 1), value, epoch)
         self.writer.flush()
+        self.last_values = values
+        self.plotter.update()
         display.show_evaluation(row, improved)
         self.logger.info(
             "epoch %d/%d train_loss %.4f %s lr %.3g%s",

@@ -1,0 +1,374 @@
+"""curves.png from metrics.csv, and the TensorBoard extras, read back with TensorBoard."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import TINY
+from toolbox import records
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SIZE_GUIDANCE = {"histograms": 0, "images": 0, "tensors": 0, "scalars": 0}
+
+
+def write_csv(path: Path, header: str, rows: list[str]) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def check_png(path: Path) -> tuple[int, int]:
+    """(height, width) of a complete PNG, after checking its signature."""
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[2] in (3, 4)
+    assert image[..., :3].std() > 0.05  # something is drawn, not a blank canvas
+    return image.shape[:2]
+
+
+def names(directory: Path) -> set[str]:
+    return {path.name for path in directory.iterdir()}
+
+
+@pytest.fixture
+def long_csv(tmp_path) -> Path:
+    header = "epoch,step,lr,train_loss,val_loss,val_accuracy,val_top5,elapsed_s"
+    rows = []
+    for epoch in range(1, 31):
+        lr = 0.05 * (1 + math.cos(math.pi * epoch / 30))
+        loss = 2.3 * math.exp(-epoch / 5) + 0.01
+        val = "nan" if epoch == 12 else f"{2.3 * math.exp(-epoch / 6) + 0.2:.5f}"
+        accuracy = 1 - 0.9 * math.exp(-epoch / 7)
+        top5 = "" if epoch == 3 else f"{1 - 0.5 * math.exp(-epoch / 3):.5f}"
+        rows.append(f"{epoch},{epoch * 50},{lr},{loss},{val},{accuracy},{top5},{epoch * 2.5}")
+    return write_csv(tmp_path / "metrics.csv", header, rows)
+
+
+def test_curves_from_one_row(tmp_path):
+    csv = write_csv(
+        tmp_path / "metrics.csv",
+        "epoch,step,lr,train_loss,val_loss,val_accuracy,elapsed_s",
+        ["1,9,0.001,2.2,2.1,0.31,1.5"],
+    )
+    assert records.write_curves(csv, tmp_path / records.CURVES)
+    assert check_png(tmp_path / records.CURVES) == (600, 2070)  # 13.8 x 4 in at 150 dpi
+    assert names(tmp_path) == {"metrics.csv", "curves.png"}  # no temporary left
+
+
+def test_curves_from_many_rows_with_two_metrics_and_gaps(long_csv, tmp_path):
+    png = tmp_path / "plots" / "curves.png"  # a missing folder is created
+    assert records.write_curves(long_csv, png, title="cifar10 resnet18")
+    assert check_png(png) == (600, 2070)
+    assert names(png.parent) == {"curves.png"}
+
+
+def test_curves_without_metric_columns_nan_skips_and_all_nan_column(tmp_path):
+    csv = write_csv(
+        tmp_path / "metrics.csv",
+        "epoch,step,lr,train_loss,val_loss,nan_skips,elapsed_s",
+        ["1,10,0.1,nan,nan,0,1", "2,20,0.1,nan,nan,3,2"],
+    )
+    assert records.write_curves(csv, tmp_path / "c.png")
+    assert check_png(tmp_path / "c.png") == (600, 2 * 690)  # two panels: loss, lr
+
+
+def test_curves_with_no_rows_yet_write_nothing(tmp_path):
+    csv = write_csv(tmp_path / "metrics.csv", "epoch,step,lr,train_loss,val_loss", [])
+    assert not records.write_curves(csv, tmp_path / "c.png")
+    assert names(tmp_path) == {"metrics.csv"}
+
+
+def test_curves_replace_the_file_atomically(long_csv, tmp_path, monkeypatch):
+    png = tmp_path / "curves.png"
+    assert records.write_curves(long_csv, png)
+    first = png.read_bytes()
+
+    from matplotlib.figure import Figure
+
+    def fail(self, file, **kwargs):
+        file.write(b"half a picture")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", fail)
+    with pytest.raises(OSError, match="disk full"):
+        records.write_curves(long_csv, png)
+    assert png.read_bytes() == first  # the reader still sees the previous picture
+    assert names(tmp_path) == {"metrics.csv", "curves.png"}
+
+
+def test_curves_are_fast_after_the_first_call(long_csv, tmp_path):
+    png = tmp_path / "curves.png"
+    records.write_curves(long_csv, png)  # imports matplotlib, builds the font cache
+    seconds = []
+    for _ in range(3):
+        started = time.perf_counter()
+        records.write_curves(long_csv, png)
+        seconds.append(time.perf_counter() - started)
+    # About 0.2 s on 2 CPU cores; the margin absorbs a busy machine.
+    assert min(seconds) < 0.3, seconds
+    assert statistics.median(seconds) < 0.6, seconds
+
+
+def test_plotter_redraws_when_due_or_forced_and_never_raises(long_csv, tmp_path):
+    import logging
+
+    png = tmp_path / "curves.png"
+    assert records.CurvesPlotter(long_csv, png, min_interval_s=0).update()
+    assert check_png(png) == (600, 2070)
+    png.unlink()
+    plotter = records.CurvesPlotter(long_csv, png, min_interval_s=3600)
+    assert not plotter.update() and not png.exists()  # not due yet
+    assert plotter.update(force=True) and png.exists()  # the last evaluation
+
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("toolbox")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)  # as the trainer's setup_logging sets it
+    try:
+        broken = records.CurvesPlotter(tmp_path / "missing.csv", png, min_interval_s=0)
+        assert not broken.update() and not broken.update(force=True)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert len(lines) == 1 and "could not draw" in lines[0] and "missing.csv" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "metric, higher",
+    [("accuracy", True), ("top5", True), ("mae", False), ("rmse", False), ("loss", False)],
+)
+def test_best_point_follows_the_metric_direction(metric, higher):
+    assert records._higher_is_better(metric, None) is higher
+    assert records._higher_is_better(metric, {metric: not higher}) is (not higher)
+    values = [0.5, math.nan, 0.9, 0.1, 0.9]
+    assert records._best_index(values, higher) == (2 if higher else 3)
+    assert records._best_index([math.nan, math.inf], higher) is None
+
+
+# --- TensorBoard ---------------------------------------------------------------------------
+
+
+def read_events(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance=SIZE_GUIDANCE)
+    events.Reload()
+    return events
+
+
+@pytest.fixture
+def writer(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path / "run"))
+    yield writer
+    writer.close()
+
+
+def test_flatten_hparams_of_a_real_config_gives_only_scalars():
+    from toolbox.cli import parse_training_config
+    from toolbox.config import to_plain
+
+    config = parse_training_config([*TINY, "--metrics", "accuracy", "top5"])
+    flat = records.flatten_hparams(to_plain(config))
+    assert flat["arch"] == "mlp" and flat["epochs"] == 2 and flat["batch_size"] == 32
+    assert flat["optim.lr"] == config.optim.lr and flat["data.num_train"] == 320
+    assert flat["metrics"] == '["accuracy", "top5"]'
+    assert flat["run_name"] == "None" and flat["compile"] is False
+    assert all(type(value) in (bool, int, float, str) for value in flat.values())
+
+
+def test_hparams_land_in_the_writers_own_run_directory(writer, tmp_path):
+    from tensorboard.plugins.hparams import metadata
+
+    config = {
+        "arch": "cnn",
+        "compile": True,
+        "run_name": None,
+        "metrics": ["accuracy", "top5"],
+        "optim": {"lr": 0.05, "betas": (0.9, 0.999), "fused": False},
+        "model": {"channels": 16},
+    }
+    writer.add_scalar("val/loss", 0.7, 3)
+    records.log_hparams(writer, config, {"val_loss": 0.7, "best_val_accuracy": 0.81}, step=3)
+    writer.close()
+
+    run_dir = tmp_path / "run"
+    assert all(path.is_file() for path in run_dir.iterdir())  # no sub-directory per call
+    assert len(list(run_dir.iterdir())) == 1  # and no second events file
+    events = read_events(run_dir)
+    assert metadata.SESSION_START_INFO_TAG in events.Tags()["tensors"]
+    content = events.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content
+    hparams = metadata.parse_session_start_info_plugin_data(content).hparams
+    assert hparams["arch"].string_value == "cnn"
+    assert hparams["compile"].bool_value is True
+    assert hparams["run_name"].string_value == "None"
+    assert hparams["metrics"].string_value == '["accuracy", "top5"]'
+    assert hparams["optim.lr"].number_value == pytest.approx(0.05)
+    assert hparams["optim.betas"].string_value == "[0.9, 0.999]"
+    assert hparams["optim.fused"].bool_value is False
+    assert hparams["model.channels"].number_value == 16
+    end = events.SummaryMetadata(metadata.SESSION_END_INFO_TAG).plugin_data.content
+    assert metadata.parse_session_end_info_plugin_data(end).status == 1  # STATUS_SUCCESS
+    [point] = events.Scalars("hparam/best_val_accuracy")
+    assert (point.step, point.value) == (3, pytest.approx(0.81))
+    assert events.Scalars("hparam/val_loss")[0].value == pytest.approx(0.7)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # html5lib, inside tensorboard
+def test_tensorboards_hparams_dashboard_lists_each_run(tmp_path):
+    """What the HPARAMS tab shows for `tensorboard --logdir outputs` with two runs."""
+    from tensorboard.backend import application
+    from tensorboard.backend.event_processing import data_provider
+    from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import hparams_plugin
+    from torch.utils.tensorboard import SummaryWriter
+    from werkzeug import test as werkzeug_test
+    from werkzeug import wrappers
+
+    outputs = tmp_path / "outputs"
+    for name, lr, accuracy in (("a", 0.1, 0.9), ("b", 0.01, 0.8)):
+        with SummaryWriter(str(outputs / name)) as writer:
+            writer.add_scalar("val/accuracy", accuracy, 2)
+            config = {"optim": {"lr": lr}, "model": {"hidden_sizes": [32] if lr > 0.05 else [64]}}
+            records.log_hparams(writer, config, {"best_val_accuracy": accuracy}, step=2)
+
+    multiplexer = pem.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(outputs))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(outputs))
+    context = base_plugin.TBContext(
+        logdir=str(outputs), data_provider=provider, multiplexer=multiplexer
+    )
+    app = application.TensorBoardWSGI([hparams_plugin.HParamsPlugin(context)])
+    client = werkzeug_test.Client(app, wrappers.Response)
+    request = {
+        "startIndex": 0,
+        "sliceSize": 10,
+        "allowedStatuses": ["STATUS_SUCCESS"],
+        "colParams": [{"hparam": "optim.lr"}],
+    }
+    reply = client.post(
+        "/data/plugin/hparams/session_groups",
+        data=json.dumps(request),
+        content_type="application/json",
+    )
+    assert reply.status_code == 200
+    groups = {group["name"]: group for group in json.loads(reply.get_data())["sessionGroups"]}
+    assert set(groups) == {"a", "b"}
+    assert groups["b"]["hparams"] == {"optim.lr": 0.01, "model.hidden_sizes": "[64]"}
+    metrics = {value["name"]["tag"]: value["value"] for value in groups["b"]["metricValues"]}
+    assert metrics["hparam/best_val_accuracy"] == pytest.approx(0.8)
+    assert metrics["val/accuracy"] == pytest.approx(0.8)
+
+
+class Compiled(nn.Module):
+    """Stands for torch.compile's wrapper: its parameters' names start with _orig_mod."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self._orig_mod = inner
+
+    def forward(self, x):
+        return self._orig_mod(x)
+
+
+def test_histograms_of_weights_and_gradients(writer, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3), nn.LayerNorm(3))
+    model[0].weight.requires_grad_(False)  # frozen: a weight histogram, no gradient
+    model(torch.randn(5, 8)).square().mean().backward()
+    with torch.no_grad():
+        model[2].weight[0, 0] = math.nan  # non-finite values are left out
+    written = records.log_histograms(writer, Compiled(model), epoch=4)
+    writer.close()
+
+    events = read_events(tmp_path / "run")
+    tags = set(events.Tags()["histograms"])
+    parameters = [name for name, _ in model.named_parameters()]
+    gradients = [name for name, p in model.named_parameters() if p.grad is not None]
+    assert tags == {f"weights/{n}" for n in parameters} | {f"grads/{n}" for n in gradients}
+    assert "grads/0.weight" not in tags and "grads/0.bias" in tags
+    assert written == len(tags) == 2 * len(parameters) - 1
+
+    def histogram(tag):
+        [event] = events.Histograms(tag)
+        assert event.step == 4
+        return event.histogram_value
+
+    weight = model[0].weight.detach().flatten().numpy()
+    value = histogram("weights/0.weight")
+    assert value.num == weight.size and sum(value.bucket) == weight.size
+    assert (value.min, value.max) == (pytest.approx(weight.min()), pytest.approx(weight.max()))
+    assert value.sum == pytest.approx(weight.sum(), abs=1e-4)
+    assert value.sum_squares == pytest.approx((weight**2).sum(), rel=1e-5)
+    edges = np.linspace(weight.min(), weight.max(), 65)
+    assert value.bucket_limit == pytest.approx(edges[1:], abs=1e-6)
+    assert list(value.bucket) == list(np.histogram(weight, edges)[0])
+
+    with_nan = histogram("weights/2.weight")
+    assert with_nan.num == 16 * 3 - 1 and sum(with_nan.bucket) == 16 * 3 - 1
+    constant = histogram("weights/3.weight")  # LayerNorm's weight: all ones
+    assert (constant.min, constant.max, constant.num) == (1.0, 1.0, 3)
+    grad = model[2].bias.grad.numpy()
+    assert histogram("grads/2.bias").sum == pytest.approx(grad.sum(), abs=1e-6)
+
+
+def decode_image(events, tag: str):
+    from PIL import Image
+
+    [event] = events.Images(tag)
+    image = Image.open(io.BytesIO(event.encoded_image_string))
+    assert (event.width, event.height) == image.size
+    return event, np.asarray(image.convert("RGB"))
+
+
+def test_sample_grid_of_small_uint8_digits(writer, tmp_path):
+    images = torch.zeros(10, 1, 8, 8, dtype=torch.uint8)
+    images[:, :, 2:6, 3:5] = 16  # the digits' pixels run 0..16
+    assert records.log_sample_grid(writer, images, mean=(4.9,), std=(6.0,), step=2)
+    writer.close()
+
+    event, pixels = decode_image(read_events(tmp_path / "run"), "samples/train")
+    assert event.step == 2
+    # 10 images enlarged 4x to 32 px, 8 a row, 2 px padding: 2 rows.
+    assert (event.width, event.height) == (8 * 34 + 2, 2 * 34 + 2)
+    assert pixels[2 + 4 * 4, 2 + 4 * 4].tolist() == [255, 255, 255]  # a stroke (16): white
+    assert pixels[2 + 1, 2 + 1].tolist() == [0, 0, 0]  # background (0): black
+
+
+def test_sample_grid_of_float_colour_images_keeps_64(writer, tmp_path):
+    torch.manual_seed(0)
+    mean, std = (120.0, 115.0, 100.0), (60.0, 60.0, 65.0)
+    stored = (torch.rand(70, 3, 5, 7) * 255).round()
+    assert records.log_sample_grid(writer, stored.to(torch.uint8), mean, std, step=1)
+    normalized = (stored - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert records.log_sample_grid(
+        writer, normalized, mean, std, step=1, tag="samples/normalized", normalized=True
+    )
+    assert not records.log_sample_grid(writer, torch.randn(8, 64), (0.0,), (1.0,))
+    assert not records.log_sample_grid(writer, torch.randn(8, 2, 4, 4), (0.0,), (1.0,))
+    writer.close()
+
+    events = read_events(tmp_path / "run")
+    assert set(events.Tags()["images"]) == {"samples/train", "samples/normalized"}
+    event, pixels = decode_image(events, "samples/train")
+    # 64 of 70 kept, 8 x 8; 5 x 7 px enlarged 7x to 35 x 49.
+    assert (event.width, event.height) == (8 * (49 + 2) + 2, 8 * (35 + 2) + 2)
+    _, again = decode_image(events, "samples/normalized")
+    assert np.abs(pixels.astype(int) - again.astype(int)).max() <= 1  # same picture

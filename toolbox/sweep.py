@@ -1,0 +1,283 @@
+"""``train.py [args] --sweep KEY=V1,V2 ...``: run the grid one run after another into one
+directory, skip what finished before, resume what did not, and summarise over seeds."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import math
+import re
+import statistics
+import typing
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from toolbox.cli import parse_training_config, train_main
+from toolbox.config import SLOTS, TrainingConfig, to_plain
+from toolbox.errors import ArgumentParser, RunStopped, UserError
+
+SUMMARY = "summary.csv"
+UNSWEEPABLE = ("output-dir", "run-name", "resume")  # the sweep sets these for each run
+EXAMPLE = "e.g. --sweep optim.lr=0.01,0.001 --sweep seed=0,1"
+
+
+def _field_types(key: str) -> list:
+    """The types of the option ``key`` (``seed``, ``optim.lr``): the one TrainingConfig
+    field, or the same-named fields of any registered component of that slot; [] if none."""
+    slot, dot, field = key.replace("-", "_").rpartition(".")
+    if not dot:
+        hints = typing.get_type_hints(TrainingConfig)
+        return [hints[field]] if field in hints and field not in SLOTS else []
+    if slot not in SLOTS:
+        return []
+    registry = SLOTS[slot][1]
+    classes = [typing.get_type_hints(registry.get(name)) for name in registry.names()]
+    return [hints[field] for hints in classes if field in hints]
+
+
+def _option(arg: str) -> str:
+    """``--no-compile=x`` -> ``compile``: the option an argument sets, as a sweep key."""
+    slot, dot, field = arg[2:].partition("=")[0].replace("_", "-").rpartition(".")
+    return f"{slot}{dot}{field.removeprefix('no-')}"
+
+
+def _arguments(combo: dict[str, str], flags: set[str]) -> list[str]:
+    """A combination as arguments; bool options are flags (--compile / --no-compile), a
+    value with spaces is several arguments (--model.hidden-sizes 256 128)."""
+    args: list[str] = []
+    for key, value in combo.items():
+        if key in flags:
+            slot, dot, field = key.rpartition(".")
+            args.append(f"--{slot}{dot}{'' if value.lower() == 'true' else 'no-'}{field}")
+        else:
+            args += [f"--{key}", *value.split()]
+    return args
+
+
+def _parse(argv: list[str], name: str, sweeps: dict[str, list[str]]) -> TrainingConfig:
+    """Parse one combination; any mistake becomes one UserError naming the --sweep."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            return parse_training_config(argv)
+    except SystemExit:  # tyro printed a box and exited: keep the line that says what is wrong
+        lines = [line.strip(" │|╭╮╰╯") for line in captured.getvalue().splitlines()]
+        lines = [line for line in lines if line.strip("-─ ")]
+        detail = lines[1] if len(lines) > 1 else captured.getvalue().strip()
+    except UserError as error:
+        detail = str(error)
+    named = [key for key in sweeps if re.search(rf"--{re.escape(key)}(?![\w.-])", detail)]
+    one = len(named) == 1
+    where = f"--sweep {named[0]}={','.join(sweeps[named[0]])}" if one else f"the sweep's run {name}"
+    raise UserError(f"{where}: {detail}")
+
+
+def _outcome(run_dir: Path) -> tuple[str, float | None]:
+    """The run's status in its run.json ("absent": no directory, "unknown": no run.json)
+    and, once finished, the best value of the monitored metric."""
+    if not run_dir.exists():
+        return "absent", None
+    record_path = run_dir / "run.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    status = record.get("status", "unknown")
+    # A stop signal during the last epoch leaves "interrupted" with every epoch done; such a
+    # run cannot be resumed ("already trained"), and its record is complete: count it.
+    if status == "interrupted" and record.get("epochs_done", 0) >= record.get("epochs", math.inf):
+        status = "finished"
+    return status, record.get("best", {}).get("value") if status == "finished" else None
+
+
+def _flat(plain: dict) -> dict:
+    flat = {}
+    for key, value in plain.items():
+        flat.update(
+            {f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value}
+        )
+    return flat
+
+
+def summarize(
+    sweep_dir: Path, combos: dict[str, dict[str, str]], monitors: dict[str, str], failed: set[str]
+) -> pd.DataFrame:
+    """summary.csv: one row per combination of the non-seed keys, from the runs' run.json."""
+    groups: dict[tuple, list[str]] = {}
+    for name, combo in combos.items():
+        key = tuple((k, v) for k, v in combo.items() if k != "seed")
+        groups.setdefault(key, []).append(name)
+    rows = []
+    for key, names in groups.items():
+        outcomes = {name: _outcome(sweep_dir / name) for name in names}
+        # A finished run without a best value (every evaluation non-finite) is not counted.
+        values = [
+            best for status, best in outcomes.values() if status == "finished" and best is not None
+        ]
+        rows.append(
+            {
+                **dict(key),
+                "metric": monitors[names[0]],
+                "mean": statistics.fmean(values) if values else math.nan,
+                # Sample std (ddof=1) across seeds; 0 for a single run.
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else math.nan,
+                "runs": len(values),
+                "failed": sum(n in failed or outcomes[n][0] == "failed" for n in names),
+            }
+        )
+    table = pd.DataFrame(rows)
+    table.to_csv(sweep_dir / SUMMARY, index=False)
+    return table
+
+
+def _read_sweeps(specs: list[str], given: set[str]) -> tuple[dict[str, list[str]], set[str]]:
+    """The swept keys with their values, and which of them are flags; mistakes are errors."""
+    sweeps: dict[str, list[str]] = {}
+    flags: set[str] = set()
+    for spec in specs:
+        key, eq, listed = spec.partition("=")
+        key = key.strip().lstrip("-").replace("_", "-")
+        values = [value.strip() for value in listed.split(",")]
+        if not eq or not key or not all(values):
+            raise UserError(f"--sweep {spec}: write KEY=VALUE1,VALUE2,... ({EXAMPLE}).")
+        types = _field_types(key)
+        if key in UNSWEEPABLE or not types:
+            raise UserError(
+                f"--sweep {spec}: {key} is not an option that can be swept; keys are the options "
+                f"of python train.py --help without the dashes ({EXAMPLE})."
+            )
+        if key in sweeps or key in given:
+            twice = "swept twice" if key in sweeps else "also given as an option"
+            raise UserError(f"--sweep {spec}: --{key} is {twice}; keep one.")
+        if bool in types:
+            flags.add(key)
+            if any(value.lower() not in ("true", "false") for value in values):
+                raise UserError(f"--sweep {spec}: --{key} is a flag; sweep it over true,false.")
+        sweeps[key] = values
+    return sweeps, flags
+
+
+def _check_existing(sweep_dir: Path, configs: dict[str, TrainingConfig]) -> None:
+    """Runs already in the sweep directory must have been made with the same options, or
+    skipping and resuming them would mix two sweeps."""
+    for name, config in configs.items():
+        path = sweep_dir / name / "config.json"
+        if not path.exists():
+            continue
+        saved, new = _flat(json.loads(path.read_text())), _flat(to_plain(config))
+        ignored = ("resume", "output_dir", "run_name")
+        # Only keys the saved config has: an option added to the toolbox since is no change.
+        changed = [k for k in saved if k in new and k not in ignored and saved[k] != new[k]]
+        if changed:
+            options = ", ".join(f"--{key.replace('_', '-')}" for key in changed)
+            raise UserError(
+                f"{path.parent} was trained with other options ({options}); give the same "
+                "options to continue this sweep, or start another with a new --run-name."
+            )
+
+
+def _show(console: Console, table: pd.DataFrame, title: str) -> None:
+    view = Table(title=title)
+    for column in table.columns:
+        numeric = column in ("mean", "std", "runs", "failed")
+        view.add_column(str(column), justify="right" if numeric else "left")
+    for row in table.itertuples(index=False):
+        view.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    console.print(view)
+
+
+def run_sweep(argv: list[str]) -> int:
+    console = Console(highlight=False, markup=False, soft_wrap=True)  # paths stay whole
+    parser = ArgumentParser(prog="train.py")
+    parser.add_argument("--sweep", action="append", default=[])
+    parser.add_argument("--output-dir", "--output_dir", type=Path, default=Path("outputs"))
+    parser.add_argument("--run-name", "--run_name")
+    parser.add_argument("--resume")
+    args, base = parser.parse_known_args(argv)
+    if {"-h", "--help"} & set(base):
+        parse_training_config(base)  # prints the help and exits
+    if args.resume is not None:
+        raise UserError(
+            "--resume and --sweep exclude each other: run the same sweep again (same "
+            "--output-dir and --run-name) to resume its unfinished runs."
+        )
+    if args.run_name in ("", ".", "..") or "/" in (args.run_name or ""):
+        raise UserError(f"--run-name is {args.run_name!r}; give a plain directory name (no '/').")
+
+    # Everything is checked before the first run, so that a typo does not surface hours later.
+    sweeps, flags = _read_sweeps(args.sweep, {_option(a) for a in base if a.startswith("--")})
+    combos = [
+        dict(zip(sweeps, values, strict=True)) for values in itertools.product(*sweeps.values())
+    ]
+    # Readable and filesystem-safe: optim.lr=0.01,seed=0 (a space or '/' becomes '_').
+    grid = {
+        re.sub(r"[^\w.,=+-]", "_", ",".join(f"{k}={v}" for k, v in c.items())): c for c in combos
+    }
+    if len(grid) < len(combos):
+        raise UserError(
+            f"--sweep {' --sweep '.join(args.sweep)}: a value is listed twice (or two differ only "
+            "in characters that become '_' in directory names)."
+        )
+    sweep_dir = args.output_dir / (args.run_name or datetime.now().strftime("%y%m%d_%H%M%S"))
+    argvs = {
+        name: [*base, *_arguments(combo, flags), "--output-dir", str(sweep_dir), "--run-name", name]
+        for name, combo in grid.items()
+    }
+    configs = {name: _parse(argv, name, sweeps) for name, argv in argvs.items()}
+    _check_existing(sweep_dir, configs)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(
+            f"--output-dir {args.output_dir}: cannot create {sweep_dir} ({error})."
+        ) from error
+
+    import torch  # after the checks, which need no torch
+
+    console.print(f"sweep: {len(grid)} runs into {sweep_dir}")
+    failed: set[str] = set()
+    exit_code = None
+    try:
+        for index, name in enumerate(grid, 1):
+            label, run_dir = f"[{index}/{len(grid)}] {name}", sweep_dir / name
+            checkpoint = run_dir / "checkpoint.pth.tar"
+            status, _ = _outcome(run_dir)
+            run_argv = argvs[name]
+            if status == "finished":
+                console.print(f"{label}: finished before; skipped")
+                continue
+            if status != "absent" and checkpoint.exists():
+                # Only --resume: the saved config is this combination's (checked above), and a
+                # resumed run refuses changes to its fixed options.
+                console.print(f"{label}: {status}; resuming from {checkpoint}")
+                run_argv = ["--resume", str(checkpoint)]
+            elif status != "absent":
+                aside = run_dir.with_name(f"{name}.partial-{datetime.now():%y%m%d_%H%M%S}")
+                run_dir.rename(aside)  # kept, not removed: its log may say why it stopped
+                console.print(
+                    f"{label}: {status}, no checkpoint; moved to {aside.name}, starting afresh"
+                )
+            else:
+                console.print(f"{label}: starting")
+            try:
+                train_main(run_argv)
+            except (UserError, torch.OutOfMemoryError) as error:  # this run's problem only
+                failed.add(name)
+                Console(stderr=True, highlight=False).print(
+                    f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True
+                )
+                console.print(f"{label}: failed; going on with the next combination")
+    except (RunStopped, KeyboardInterrupt) as stop:
+        exit_code = stop.exit_code if isinstance(stop, RunStopped) else 130
+        console.print(
+            f"sweep stopped in {name}; run the same command (--output-dir {args.output_dir} "
+            f"--run-name {sweep_dir.name}) to finish it: finished runs are skipped."
+        )
+    finally:  # also after a stop: the summary covers what finished
+        monitors = {name: config.monitor for name, config in configs.items()}
+        _show(console, summarize(sweep_dir, grid, monitors, failed), str(sweep_dir / SUMMARY))
+    return exit_code if exit_code is not None else 1 if failed else 0
