@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -91,8 +92,14 @@ def list_runs(args: list[str]) -> None:
     for row in rows:
         seconds = row["duration_s"]
         duration = "" if seconds is None else f"{seconds:.1f}s"
-        table.add_row(*(str(row[k] or "") for k in list(row)[:-1]), duration)
-    Console().print(table)
+        cells = {**row, "date": row["date"][:16]}  # to the minute: the table is for reading
+        table.add_row(*(str(cells[k] or "") for k in list(row)[:-1]), duration)
+    _console().print(table)
+
+
+def _console() -> Console:
+    """A terminal's own width; piped output gets room enough not to wrap the run names."""
+    return Console(highlight=False) if sys.stdout.isatty() else Console(highlight=False, width=200)
 
 
 def _run_dir(name: str) -> Path:
@@ -116,7 +123,7 @@ def show(args: list[str]) -> None:
     if len(args) != 1:
         raise UserError(f"runs show takes one run.\nUsage:\n{USAGE}")
     run_dir = _run_dir(args[0])
-    console = Console(highlight=False)
+    console = _console()
     record = json.loads((run_dir / RECORD).read_text()) if (run_dir / RECORD).exists() else {}
     row = _row(run_dir, run_dir.parent, record)
     console.print(f"[bold]{run_dir}[/]: {row['status']}, {row['epochs']} epochs, {row['best']}")
@@ -147,7 +154,7 @@ def diff(args: list[str]) -> None:
         raise UserError(f"runs diff takes two runs.\nUsage:\n{USAGE}")
     a, b = (_flat(json.loads((_run_dir(name) / CONFIG).read_text())) for name in args)
     changed = sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
-    console = Console(highlight=False)
+    console = _console()
     if not changed:
         console.print(f"{args[0]} and {args[1]} have the same config.")
         return
