@@ -170,30 +170,25 @@ def with_components(config: TrainingConfig, **names: str) -> TrainingConfig:
 def problems(config: TrainingConfig) -> list[str]:
     """Every problem with ``config``, each naming the option, its value and the fix."""
     found = []
-    for name in (
-        "epochs",
-        "batch_size",
-        "eval_batch_size",
-        "grad_accum",
-        "eval_every",
-        "log_every",
-    ):
-        value = getattr(config, name)
-        if value < 1:
-            found.append(f"--{name.replace('_', '-')} is {value}; it must be at least 1.")
+    counts = {
+        1: ("epochs", "batch_size", "eval_batch_size", "grad_accum", "eval_every", "log_every"),
+        0: (
+            "num_workers",
+            "checkpoint_every_steps",
+            "keep_last",
+            "max_nan_skips",
+            "early_stop_patience",
+            "histogram_every",
+        ),
+    }
+    for minimum, names in counts.items():
+        for name in names:
+            value = getattr(config, name)
+            if value < minimum:
+                bound = "at least 1" if minimum else "0 or more"
+                found.append(f"--{name.replace('_', '-')} is {value}; it must be {bound}.")
     if not config.early_stop_lr >= 0:
         found.append(f"--early-stop-lr is {config.early_stop_lr}; it must be 0 (off) or more.")
-    for name in (
-        "num_workers",
-        "checkpoint_every_steps",
-        "keep_last",
-        "max_nan_skips",
-        "early_stop_patience",
-        "histogram_every",
-    ):
-        value = getattr(config, name)
-        if value < 0:
-            found.append(f"--{name.replace('_', '-')} is {value}; it must be 0 or more.")
     if any(epoch < 1 for epoch in config.save_at):
         found.append(f"--save-at is {' '.join(map(str, config.save_at))}; epochs count from 1.")
 
