@@ -2,74 +2,35 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
 from toolbox import checkpoint, records
-from toolbox.config import TrainingConfig, from_plain, to_plain
+from toolbox.config import TrainingConfig, to_plain
 from toolbox.data.augment import BatchAugment
 from toolbox.data.loaders import Normalizer, make_loader, to_device
-from toolbox.errors import DivergenceError, RunStopped, UserError
+from toolbox.errors import RunStopped, UserError
 from toolbox.evaluation import evaluate
 from toolbox.metrics import METRICS
 from toolbox.progress import ProgressDisplay, format_duration
-from toolbox.run import (
-    ENV,
-    LOG,
-    RUNTIME,
-    MetricsTable,
-    RunRecord,
-    close_logging,
-    describe_run,
-    environment,
-    new_run_dir,
-    save_config,
-    setup_logging,
-    write_json,
-)
-from toolbox.run import (
-    METRICS as METRICS_FILE,
-)
-from toolbox.runtime import autocast, resolve_device, rng_state, seed_everything, set_rng_state
+from toolbox.run import LOG, MetricsTable, close_logging, new_run_dir, setup_logging
+from toolbox.run import METRICS as METRICS_FILE
+from toolbox.run_control import Progress, RunControl
+from toolbox.runtime import autocast, resolve_device, seed_everything
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-@dataclass
-class Progress:
-    """How far the run has come; saved in every checkpoint and restored on resume."""
+class Trainer(RunControl):
+    """Builds the run from its config and trains it: the loop and the evaluations."""
 
-    epoch: int = 0
-    """Completed epochs."""
-    step: int = 0
-    """Completed optimizer steps."""
-    elapsed_s: float = 0.0
-    """Wall time spent in fit(), over all sessions of the run."""
-    best_value: float | None = None
-    """Best value of the monitored metric so far."""
-    best_epoch: int | None = None
-    epoch_loss_sum: float = 0.0
-    """Training loss summed over the samples of the current epoch seen so far."""
-    epoch_samples: int = 0
-    nan_skips: int = 0
-    """Batches skipped for a non-finite loss (--nan-policy skip)."""
-    evals_since_best: int = 0
-    """Evaluations since the monitored metric last improved (for --early-stop-patience)."""
-    lr_scale: float = 1.0
-    """The learning-rate factor last read from runtime.json."""
-
-
-class Trainer:
     def __init__(
         self,
         config: TrainingConfig,
@@ -170,191 +131,6 @@ class Trainer:
         columns += ["nan_skips"] if config.nan_policy == "skip" else []
         self.table = MetricsTable(self.run_dir / METRICS_FILE, columns + ["elapsed_s"])
         self._write_records(resumed is not None)
-
-    # --- set-up and records --------------------------------------------------------------
-
-    def _restore(self, state: dict) -> None:
-        checkpoint.load_model_state(
-            self.model, state["model"], f"--resume {self.config.resume}", strict=True
-        )
-        # Loading the states brings back the saved hyper-parameters too; the ones given now
-        # (--optim.*, --sched.*) must win, e.g. a lower --optim.lr after a divergence.
-        chosen = [
-            {key: value for key, value in group.items() if key != "params"}
-            for group in self.optimizer.param_groups
-        ]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        saved_lr = from_plain(state["config"]).optim.lr
-        self._apply_hyperparameters(chosen, self.config.optim.lr / saved_lr)
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        self.train_loader.load_state_dict(state["loader"])
-        if self.augment is not None and state.get("augment"):
-            self.augment.load_state_dict(state["augment"])
-        set_rng_state(state["rng"])
-        self.progress = Progress(**state["progress"])
-
-    def _apply_hyperparameters(self, chosen: list[dict], lr_ratio: float) -> None:
-        for group, fresh in zip(self.optimizer.param_groups, chosen, strict=True):
-            for key, value in fresh.items():
-                if key not in ("lr", "initial_lr"):
-                    group[key] = value
-        self._scale_lr(lr_ratio)
-        sched = self.config.sched
-        for name in ("factor", "patience"):  # ReduceLROnPlateau keeps these in its state
-            if hasattr(self.scheduler, name) and hasattr(sched, name):
-                setattr(self.scheduler, name, getattr(sched, name))
-
-    def _scale_lr(self, ratio: float) -> None:
-        """Multiply the learning rate now and everything the schedule derives it from."""
-        if ratio == 1.0:
-            return
-        for group in self.optimizer.param_groups:
-            group["lr"] *= ratio
-            if "initial_lr" in group:
-                group["initial_lr"] *= ratio
-        if hasattr(self.scheduler, "base_lrs"):
-            self.scheduler.base_lrs = [lr * ratio for lr in self.scheduler.base_lrs]
-
-    def _read_runtime(self) -> None:
-        """Apply an edited runtime.json (read at each epoch's start); a bad edit is logged
-        and ignored rather than ending a long run."""
-        path = self.run_dir / RUNTIME
-        try:
-            scale = json.loads(path.read_text())["lr_scale"]
-            if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and scale > 0):
-                raise ValueError(f"lr_scale must be a positive number, not {scale!r}")
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            self.logger.info("runtime.json ignored: %s", error)
-            return
-        if scale != self.progress.lr_scale:
-            self.logger.info(
-                "runtime.json: lr_scale %g -> %g from epoch %d",
-                self.progress.lr_scale,
-                scale,
-                self.progress.epoch + 1,
-            )
-            self._scale_lr(scale / self.progress.lr_scale)
-            self.progress.lr_scale = float(scale)
-
-    def _write_records(self, resumed: bool) -> None:
-        config = self.config
-        save_config(self.run_dir, config)
-        self.record = RunRecord(self.run_dir)
-        self.record.start(config, self.command)
-        if not (self.run_dir / RUNTIME).exists():
-            write_json(self.run_dir / RUNTIME, {"lr_scale": self.progress.lr_scale})
-        env = environment(self.device)
-        info = self.splits.info
-        if not (self.run_dir / ENV).exists():
-            write_json(self.run_dir / ENV, env)
-        describe_run(
-            self.logger,
-            self.run_dir,
-            config,
-            self.model,
-            self.splits,
-            env,
-            resumed_at=(self.progress.epoch, self.train_loader.next_batch, len(self.train_loader))
-            if resumed
-            else None,
-            skipped_init_keys=self.skipped_init_keys,
-        )
-        if resumed:
-            for stale in checkpoint.remove_stale_temporaries(self.run_dir):
-                self.logger.info("removed %s, left by an interrupted write", stale.name)
-            # Rows and points written after the checkpoint was taken would be repeated.
-            self.table.drop_rows_after(self.progress.step)
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step drops points a crashed session logged after its last checkpoint.
-        self.writer = SummaryWriter(
-            str(self.run_dir), purge_step=self.progress.step if resumed else None
-        )
-        self.plotter = records.CurvesPlotter(
-            self.table.path,
-            self.run_dir / records.CURVES,
-            title=self.run_dir.name,
-            higher_is_better={name: m.higher_is_better for name, m in self.metrics.items()},
-        )
-        if not resumed and len(info.input_shape) == 3:
-            records.log_sample_grid(
-                self.writer, self.splits.train["input"][:64], info.mean, info.std, step=0
-            )
-        self.last_values: dict[str, float] = {}
-
-    def _state(self) -> dict:
-        return {
-            "format": checkpoint.FORMAT,
-            "run_id": self.record.run_id,
-            "config": to_plain(self.config),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "loader": self.train_loader.state_dict(),
-            "augment": self.augment.state_dict() if self.augment is not None else None,
-            "rng": rng_state(),
-            "progress": dataclasses.asdict(self.progress),
-        }
-
-    def _save(self, name: str) -> None:
-        self.progress.elapsed_s = self._elapsed()
-        try:
-            checkpoint.save_atomic(self._state(), self.run_dir / name)
-        except OSError as error:
-            raise UserError(
-                f"could not write {self.run_dir / name} ({error}); the previous checkpoint is "
-                "intact. Free space or fix permissions, then resume from it."
-            ) from error
-
-    def _save_epoch_end(self) -> None:
-        config, epoch = self.config, self.progress.epoch
-        self._save(checkpoint.LAST)
-        if config.keep_last > 0 or epoch in config.save_at:
-            name = checkpoint.per_epoch_name(epoch)
-            checkpoint.keep_copy(self.run_dir, checkpoint.LAST, name)
-            checkpoint.prune_per_epoch(self.run_dir, config.keep_last, config.save_at)
-
-    def _elapsed(self) -> float:
-        return self._elapsed_before + time.perf_counter() - self._session_started
-
-    # --- stopping ------------------------------------------------------------------------
-
-    def _on_signal(self, signum: int, frame) -> None:
-        if self.stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now (writes are atomic)
-        self.stop_signal = signum
-
-    def _stop_if_requested(self) -> None:
-        if self.stop_signal is None:
-            return
-        self._save(checkpoint.LAST)
-        name = signal.Signals(self.stop_signal).name
-        position = self.train_loader.state_dict()["next_batch"]
-        self.logger.info(
-            "stopped by %s after step %d (epoch %d%s); continue with: python train.py --resume %s",
-            name,
-            self.progress.step,
-            self.progress.epoch + (1 if position else 0),
-            f", batch {position} of {len(self.train_loader)}" if position else " done",
-            self.run_dir / checkpoint.LAST,
-        )
-        raise RunStopped(f"stopped by {name}", 128 + self.stop_signal)
-
-    def _diverged(self, epoch_idx: int, batch_idx: int) -> DivergenceError:
-        lr = self.optimizer.param_groups[0]["lr"]
-        last = self.run_dir / checkpoint.LAST
-        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
-        return DivergenceError(
-            f"the training loss became non-finite in epoch {epoch_idx + 1}, batch "
-            f"{batch_idx + 1} (after {self.progress.step} optimizer steps, lr {lr:.3g}); "
-            f"{kept}. Lower --optim.lr or set --clip-grad (e.g. 1.0), or use "
-            "--nan-policy skip to drop such batches."
-        )
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -538,19 +314,6 @@ class Trainer:
                 self._save(checkpoint.LAST)
         flush()
         return progress.epoch_loss_sum / max(progress.epoch_samples, 1)
-
-    def _early_stop_reason(self) -> str | None:
-        config, progress = self.config, self.progress
-        if config.early_stop_patience and progress.evals_since_best >= config.early_stop_patience:
-            return (
-                f"{config.monitor} has not improved for {progress.evals_since_best} evaluations "
-                f"(best {progress.best_value:.4g} at epoch {progress.best_epoch}; "
-                f"--early-stop-patience {config.early_stop_patience})"
-            )
-        lr = self.optimizer.param_groups[0]["lr"]
-        if lr < config.early_stop_lr:
-            return f"the learning rate {lr:.3g} fell below --early-stop-lr {config.early_stop_lr:g}"
-        return None
 
     def _evaluate_and_record(self, train_loss: float, display: ProgressDisplay) -> None:
         config, progress = self.config, self.progress
