@@ -96,19 +96,25 @@ def _refuse_options_of_other_components(argv: list[str], config: TrainingConfig)
             )
 
 
+def print_error(message: str) -> None:
+    """One user-facing error paragraph on stderr; soft_wrap keeps paths and commands whole
+    for copy and paste."""
+    Console(stderr=True, highlight=False).print(
+        f"[bold red]error:[/] {escape(message)}", soft_wrap=True
+    )
+
+
 def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
     """Runs ``main``; a user mistake becomes one message on stderr and exit code 2."""
-    stderr = Console(stderr=True, highlight=False)
     try:
         return main(list(sys.argv[1:] if argv is None else argv))
     except UserError as error:
-        # soft_wrap: paths and commands in the message stay whole for copy and paste.
-        stderr.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        print_error(str(error))
         return error.exit_code
     except RunStopped as stopped:
         return stopped.exit_code  # the trainer has said where it stopped and how to resume
     except KeyboardInterrupt:
-        stderr.print("[bold red]interrupted[/]")
+        Console(stderr=True).print("[bold red]interrupted[/]")
         return 130
     except BrokenPipeError:
         # The reader went away (`train.py --help | head`): stop writing, quietly.

@@ -254,6 +254,17 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+def flat(plain: dict, prefix: str = "") -> dict[str, Any]:
+    """A config's plain form with nested groups as dotted keys: {"optim.lr": 0.001, ...}."""
+    flattened: dict[str, Any] = {}
+    for key, value in plain.items():
+        if isinstance(value, dict):
+            flattened.update(flat(value, f"{prefix}{key}."))
+        else:
+            flattened[f"{prefix}{key}"] = value
+    return flattened
+
+
 def _convert(hint: Any, value: Any, where: str) -> Any:
     """``value`` read from JSON, converted to the field type ``hint`` (or an error)."""
     origin = typing.get_origin(hint)

@@ -275,20 +275,20 @@ def flatten_hparams(config_plain: Mapping[str, Any], prefix: str = "") -> dict[s
     """Nested config dicts as ``{"optim.lr": 0.001, ...}`` with values TensorBoard takes:
     bool, int, float and str as they are; lists and tuples as JSON text; None as "None";
     anything else as ``str()``."""
-    flat: dict[str, Any] = {}
-    for key, value in config_plain.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_hparams(value, f"{name}."))
-        elif value is None:
-            flat[name] = "None"
-        elif isinstance(value, (bool, int, float, str)):
-            flat[name] = value
-        elif isinstance(value, (list, tuple)):
-            flat[name] = json.dumps(value, default=str)
-        else:
-            flat[name] = str(value)
-    return flat
+    from toolbox.config import flat
+
+    def tensorboard_value(value: Any) -> Any:
+        if value is None:
+            return "None"
+        if isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, (list, tuple)):
+            return json.dumps(value, default=str)
+        return str(value)
+
+    return {
+        key: tensorboard_value(value) for key, value in flat(dict(config_plain), prefix).items()
+    }
 
 
 def log_hparams(

@@ -114,11 +114,14 @@ class RunRecord:
     def run_id(self) -> str:
         return self.data["run_id"]
 
-    def start(self, config: TrainingConfig, command: list[str] | None = None) -> None:
+    def start(
+        self, config: TrainingConfig, command: list[str] | None = None, git: dict | None = None
+    ) -> None:
         """A session begins: a new run, or a resume of this one. ``command`` is the script
-        and arguments that made it (default: this process's own)."""
+        and arguments that made it (default: this process's own); ``git`` the code's state
+        when the caller has it already (environment() reads it)."""
         code_dir = Path(toolbox.__file__).resolve().parent
-        git = git_state(code_dir)
+        git = git or git_state(code_dir)
         if not self.data:
             self.data = {"run_id": uuid.uuid4().hex, "created": _now(), "sessions": []}
         session = {

@@ -124,11 +124,11 @@ class RunControl:
     def _write_records(self, resumed: bool) -> None:
         config = self.config
         save_config(self.run_dir, config)
+        env = environment(self.device)
         self.record = RunRecord(self.run_dir)
-        self.record.start(config, self.command)
+        self.record.start(config, self.command, env["git"])
         if not (self.run_dir / RUNTIME).exists():
             write_json(self.run_dir / RUNTIME, {"lr_scale": self.progress.lr_scale})
-        env = environment(self.device)
         info = self.splits.info
         if not (self.run_dir / ENV).exists():
             write_json(self.run_dir / ENV, env)

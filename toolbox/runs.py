@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from toolbox.config import flat
 from toolbox.errors import ArgumentParser, UserError
 from toolbox.run import CONFIG, METRICS, RECORD
 
@@ -109,16 +110,6 @@ def _run_dir(name: str) -> Path:
     raise UserError(f"{name} is not a run directory (it has no {RECORD} or {CONFIG}).")
 
 
-def _flat(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def show(args: list[str]) -> None:
     if len(args) != 1:
         raise UserError(f"runs show takes one run.\nUsage:\n{USAGE}")
@@ -139,7 +130,7 @@ def show(args: list[str]) -> None:
     table = Table(title="config")
     table.add_column("option")
     table.add_column("value")
-    for key, value in _flat(config).items():
+    for key, value in flat(config).items():
         table.add_row(key, json.dumps(value))
     console.print(table)
     if (run_dir / METRICS).exists():
@@ -152,7 +143,7 @@ def show(args: list[str]) -> None:
 def diff(args: list[str]) -> None:
     if len(args) != 2:
         raise UserError(f"runs diff takes two runs.\nUsage:\n{USAGE}")
-    a, b = (_flat(json.loads((_run_dir(name) / CONFIG).read_text())) for name in args)
+    a, b = (flat(json.loads((_run_dir(name) / CONFIG).read_text())) for name in args)
     changed = sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
     console = _console()
     if not changed:

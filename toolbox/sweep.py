@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from toolbox.cli import parse_training_config, train_main
-from toolbox.config import SLOTS, TrainingConfig, to_plain
+from toolbox.cli import parse_training_config, print_error, train_main
+from toolbox.config import SLOTS, TrainingConfig, flat, to_plain
 from toolbox.errors import ArgumentParser, RunStopped, UserError
 
 SUMMARY = "summary.csv"
@@ -87,20 +86,7 @@ def _outcome(run_dir: Path) -> tuple[str, float | None]:
     record_path = run_dir / "run.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     status = record.get("status", "unknown")
-    # A stop signal during the last epoch leaves "interrupted" with every epoch done; such a
-    # run cannot be resumed ("already trained"), and its record is complete: count it.
-    if status == "interrupted" and record.get("epochs_done", 0) >= record.get("epochs", math.inf):
-        status = "finished"
     return status, record.get("best", {}).get("value") if status == "finished" else None
-
-
-def _flat(plain: dict) -> dict:
-    flat = {}
-    for key, value in plain.items():
-        flat.update(
-            {f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value}
-        )
-    return flat
 
 
 def summarize(
@@ -168,7 +154,7 @@ def _check_existing(sweep_dir: Path, configs: dict[str, TrainingConfig]) -> None
         path = sweep_dir / name / "config.json"
         if not path.exists():
             continue
-        saved, new = _flat(json.loads(path.read_text())), _flat(to_plain(config))
+        saved, new = flat(json.loads(path.read_text())), flat(to_plain(config))
         ignored = ("resume", "output_dir", "run_name")
         # Only keys the saved config has: an option added to the toolbox since is no change.
         changed = [k for k in saved if k in new and k not in ignored and saved[k] != new[k]]
@@ -267,9 +253,7 @@ def run_sweep(argv: list[str]) -> int:
                 train_main(run_argv)
             except (UserError, torch.OutOfMemoryError) as error:  # this run's problem only
                 failed.add(name)
-                Console(stderr=True, highlight=False).print(
-                    f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True
-                )
+                print_error(str(error))
                 console.print(f"{label}: failed; going on with the next combination")
     except (RunStopped, KeyboardInterrupt) as stop:
         exit_code = stop.exit_code if isinstance(stop, RunStopped) else 130
