@@ -38,16 +38,15 @@ def evaluate_run(options: EvaluateConfig) -> Path:
     if options.batch_size is not None and options.batch_size < 1:
         raise UserError(f"--batch-size is {options.batch_size}; it must be at least 1.")
     import pandas as pd
-    import torch
     from rich.console import Console
     from rich.table import Table
 
     from toolbox import checkpoint
     from toolbox.config import from_plain
-    from toolbox.data.loaders import Normalizer, make_loader
+    from toolbox.data.loaders import make_loader
     from toolbox.evaluation import evaluate
     from toolbox.metrics import METRICS
-    from toolbox.runtime import resolve_device
+    from toolbox.runtime import build_model, input_normalizer, resolve_device
 
     path = Path(options.run)
     if path.is_dir():
@@ -67,9 +66,7 @@ def evaluate_run(options: EvaluateConfig) -> Path:
     device = resolve_device(options.device)
     splits = config.data.build()
     info = splits.info
-    model = config.model.build(info).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(config, info, device)
     checkpoint.load_model_state(model, state["model"], str(checkpoint_path), strict=True)
     metrics = {name: METRICS.get(name)() for name in config.metrics}
     loader = make_loader(
@@ -82,9 +79,7 @@ def evaluate_run(options: EvaluateConfig) -> Path:
     result = evaluate(
         model,
         loader,
-        normalizer=Normalizer(
-            info.mean, info.std, len(info.input_shape), device, config.channels_last
-        ),
+        normalizer=input_normalizer(config, info, device),
         criterion=config.loss.build().to(device),
         metrics=metrics,
         device=device,

@@ -34,6 +34,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def build_model(config, info, device: torch.device) -> torch.nn.Module:
+    """The config's model for this dataset, on ``device``, channels-last when asked: the
+    same for training and for test.py."""
+    model = config.model.build(info).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def input_normalizer(config, info, device: torch.device):
+    from toolbox.data.loaders import Normalizer
+
+    return Normalizer(info.mean, info.std, len(info.input_shape), device, config.channels_last)
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()

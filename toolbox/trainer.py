@@ -15,7 +15,7 @@ from rich.console import Console
 from toolbox import checkpoint, records
 from toolbox.config import TrainingConfig, to_plain
 from toolbox.data.augment import BatchAugment
-from toolbox.data.loaders import Normalizer, make_loader, to_device
+from toolbox.data.loaders import make_loader, to_device
 from toolbox.errors import RunStopped, UserError
 from toolbox.evaluation import evaluate
 from toolbox.metrics import METRICS
@@ -23,7 +23,13 @@ from toolbox.progress import ProgressDisplay, format_duration
 from toolbox.run import LOG, MetricsTable, close_logging, new_run_dir, setup_logging
 from toolbox.run import METRICS as METRICS_FILE
 from toolbox.run_control import Progress, RunControl
-from toolbox.runtime import autocast, resolve_device, seed_everything
+from toolbox.runtime import (
+    autocast,
+    build_model,
+    input_normalizer,
+    resolve_device,
+    seed_everything,
+)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -51,9 +57,7 @@ class Trainer(RunControl):
         self.device = resolve_device(config.device)
         self.splits = config.data.build()
         info = self.splits.info
-        self.model = config.model.build(info).to(self.device)
-        if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = build_model(config, info, self.device)
         self.skipped_init_keys: list[str] = []
         if config.init_from is not None and resumed is None:
             self.skipped_init_keys = checkpoint.load_model_state(
@@ -64,9 +68,7 @@ class Trainer(RunControl):
             )
         self.criterion = config.loss.build().to(self.device)
         self.metrics = {name: METRICS.get(name)() for name in config.metrics}
-        self.normalizer = Normalizer(
-            info.mean, info.std, len(info.input_shape), self.device, config.channels_last
-        )
+        self.normalizer = input_normalizer(config, info, self.device)
         self.augment = None
         if config.data.augment != "none":
             if len(info.input_shape) != 3:
