@@ -6,6 +6,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import tyro
@@ -33,7 +34,14 @@ def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> Traini
         selectors.add_argument(f"--{selector}")
     selectors.add_argument("--resume", type=Path)
     selectors.add_argument("--init-from", type=Path)
+    selectors.add_argument("--output-dir", type=Path, default=TrainingConfig.output_dir)
+    selectors.add_argument("--run-name", default=TrainingConfig.run_name)
     chosen, _ = selectors.parse_known_args(argv)
+    if chosen.resume == AUTO_RESUME:
+        chosen.resume = _latest_checkpoint(chosen.output_dir, chosen.run_name)
+        argv = _without_option(argv, "--resume")
+        if chosen.resume is not None:
+            argv += ["--resume", str(chosen.resume)]
     if chosen.resume is not None and chosen.init_from is not None:
         raise UserError(
             "--init-from and --resume exclude each other: --resume continues a run with its "
@@ -68,6 +76,46 @@ def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> Traini
     return config
 
 
+AUTO_RESUME = Path("auto")
+
+
+def _latest_checkpoint(output_dir: Path, run_name: str | None) -> Path | None:
+    """For --resume auto: the checkpoint of <output_dir>/<run_name> if there is one, else None
+    (a fresh start). A directory left by an attempt that crashed before its first checkpoint
+    is renamed aside, keeping its logs, so the run can start again under its name."""
+    if run_name is None:
+        raise UserError(
+            "--resume auto needs --run-name: a restarted job finds its run by name (e.g. "
+            "--run-name cifar-ddp --resume auto)."
+        )
+    from toolbox.checkpoint import LAST
+
+    run_dir = output_dir / run_name
+    if (run_dir / LAST).exists():
+        return run_dir / LAST
+    if run_dir.exists() and os.environ.get("RANK", "0") == "0":
+        aside = run_dir.with_name(f"{run_name}.no-checkpoint-{datetime.now():%y%m%d_%H%M%S}")
+        run_dir.rename(aside)
+        print(
+            f"--resume auto: {run_dir} has no checkpoint; moved it to {aside}, starting over.",
+            file=sys.stderr,
+        )
+    return None
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` and ``option=VALUE``."""
+    kept, skip_value = [], False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+        elif arg == option:
+            skip_value = True
+        elif not arg.startswith(option + "="):
+            kept.append(arg)
+    return kept
+
+
 def _refuse_options_of_other_components(argv: list[str], config: TrainingConfig) -> None:
     """``--optim.momentum`` with adamw: say which selector brings the option, where tyro
     would only call it unrecognized."""
@@ -99,8 +147,10 @@ def _refuse_options_of_other_components(argv: list[str], config: TrainingConfig)
 def print_error(message: str) -> None:
     """One user-facing error paragraph on stderr; soft_wrap keeps paths and commands whole
     for copy and paste."""
+    from toolbox.distributed import rank_label
+
     Console(stderr=True, highlight=False).print(
-        f"[bold red]error:[/] {escape(message)}", soft_wrap=True
+        f"[bold red]{rank_label()}error:[/] {escape(message)}", soft_wrap=True
     )
 
 
@@ -124,13 +174,25 @@ def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None)
 
 def train_main(argv: list[str]) -> int:
     if any(arg == "--sweep" or arg.startswith("--sweep=") for arg in argv):
+        from toolbox.distributed import launched_world_size
+
+        if launched_world_size() > 1:
+            raise UserError(
+                "--sweep runs its runs one after another in one process; under torchrun, "
+                "start each run of the sweep with its own torchrun command instead."
+            )
         from toolbox.sweep import run_sweep
 
         return run_sweep(argv)
     config = parse_training_config(argv)
+    from toolbox import distributed
     from toolbox.trainer import Trainer
 
-    Trainer(config, command=["train.py", *argv]).fit()
+    context = distributed.start(config.device, config.dist_timeout)
+    try:
+        Trainer(config, command=["train.py", *argv], distributed=context).fit()
+    finally:
+        distributed.stop(context)
     return 0
 
 

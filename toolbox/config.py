@@ -87,7 +87,8 @@ class TrainingConfig:
     epochs: int = 20
     """Total number of epochs (on resume: the new total, counting the epochs already done)."""
     batch_size: int = 64
-    """Training batch size, in samples per forward pass."""
+    """Training batch size, in samples per forward pass of one process (under torchrun the
+    global batch is this times the number of processes)."""
     eval_batch_size: int = 512
     """Evaluation batch size, in samples."""
     grad_accum: int = 1
@@ -131,6 +132,12 @@ class TrainingConfig:
     """With --nan-policy skip: abort once this many batches were skipped in the run."""
     deterministic: bool = False
     """Use deterministic algorithms only (bit-exact reruns on GPUs too; some ops are slower)."""
+    sync_bn: bool = False
+    """Under torchrun, turn batch norms into SyncBatchNorm: statistics over every rank's batch
+    (CUDA only)."""
+    dist_timeout: float = 600.0
+    """Under torchrun, seconds a rank waits for the others at a collective before the job
+    ends with an error (a rank that died or hangs)."""
     init_from: Path | None = None
     """Weights to start from (checkpoint or state_dict); keys of another shape are skipped."""
 
@@ -139,7 +146,9 @@ class TrainingConfig:
     run_name: str | None = None
     """Name of the run's directory (None: the start time as YYMMDD_HHMMSS)."""
     resume: Path | None = None
-    """checkpoint.pth.tar of a run to continue; its config is restored, flags override it."""
+    """checkpoint.pth.tar of a run to continue; its config is restored, flags override it.
+    auto: continue <output-dir>/<run-name> from its checkpoint if it has one, else start it
+    (so a restarted job, e.g. torchrun --max-restarts, picks up where it stopped)."""
 
     model: ModelConfig = field(default_factory=MLP)
     data: DatasetConfig = field(default_factory=Digits)
@@ -187,6 +196,8 @@ def problems(config: TrainingConfig) -> list[str]:
             if value < minimum:
                 bound = "at least 1" if minimum else "0 or more"
                 found.append(f"--{name.replace('_', '-')} is {value}; it must be {bound}.")
+    if not config.dist_timeout > 0:
+        found.append(f"--dist-timeout is {config.dist_timeout}; give positive seconds (e.g. 600).")
     if not config.early_stop_lr >= 0:
         found.append(f"--early-stop-lr is {config.early_stop_lr}; it must be 0 (off) or more.")
     if any(epoch < 1 for epoch in config.save_at):

@@ -23,6 +23,12 @@ class DivergenceError(UserError):
     exit_code = 3
 
 
+class LostContactError(UserError):
+    """Under torchrun, another process died or hung; the last checkpoint is kept."""
+
+    exit_code = 1
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose mistakes are UserErrors (one message, exit 2) instead of its own exit;
     ``hint`` ends the message (e.g. where the usage is)."""

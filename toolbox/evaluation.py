@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -42,7 +43,11 @@ def evaluate(
     precision: str,
     classification: bool,
     keep_predictions: bool = False,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Evaluation:
+    """Loss and metrics over ``loader``'s samples. Under torchrun each rank's loader holds
+    its share of the split, and ``reduce`` (an all-reduce sum) adds up the sums and counts
+    of all ranks, so the results are exact over the whole split."""
     was_training = model.training
     model.eval()
     per_sample = per_sample_criterion(criterion)
@@ -76,7 +81,13 @@ def evaluate(
             for key, value in values.items():
                 kept.setdefault(key, []).append(value)
     model.train(was_training)
-    loss_total, *metric_totals = torch.cat([loss_sum.reshape(1), metric_sums]).tolist()
+    counts = torch.tensor([num_samples, *metric_counts], device=device, dtype=torch.float64)
+    totals = torch.cat([loss_sum.reshape(1), metric_sums, counts])
+    if reduce is not None:
+        reduce(totals)
+    values = totals.tolist()
+    loss_total, metric_totals = values[0], values[1 : 1 + len(metrics)]
+    num_samples, *metric_counts = (round(count) for count in values[1 + len(metrics) :])
     return Evaluation(
         loss=loss_total / max(num_samples, 1),
         metrics={

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from toolbox import checkpoint, records
 from toolbox.config import from_plain, to_plain
-from toolbox.errors import DivergenceError, RunStopped, UserError
+from toolbox.errors import DivergenceError, LostContactError, RunStopped, UserError
 from toolbox.run import (
     ENV,
     RUNTIME,
@@ -46,6 +46,8 @@ class Progress:
     """Evaluations since the monitored metric last improved (for --early-stop-patience)."""
     lr_scale: float = 1.0
     """The learning-rate factor last read from runtime.json."""
+    steps_per_epoch: int = 0
+    """Optimizer steps per epoch when saved (it changes with the number of processes)."""
 
 
 class RunControl:
@@ -71,10 +73,44 @@ class RunControl:
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.train_loader.load_state_dict(state["loader"])
-        if self.augment is not None and state.get("augment"):
-            self.augment.load_state_dict(state["augment"])
-        set_rng_state(state["rng"])
         self.progress = Progress(**state["progress"])
+        ranks = state.get("ranks") or [{"rng": state["rng"], "augment": state.get("augment")}]
+        if len(ranks) == self.dist.world_size:
+            own = ranks[self.dist.rank]
+            if self.augment is not None and own["augment"]:
+                self.augment.load_state_dict(own["augment"])
+            set_rng_state(own["rng"])
+        else:
+            # Another number of processes: the random streams cannot continue as they were;
+            # each rank keeps its fresh seeding (see the README's "Scaling out").
+            self.resume_notes.append(
+                f"resumed with {self.dist.world_size} processes, saved with {len(ranks)}: the "
+                "epoch goes on from the first unseen sample, with fresh random streams"
+            )
+        if self.progress.steps_per_epoch not in (0, self.steps_per_epoch):
+            self._move_schedule_to(
+                self.progress.epoch * self.steps_per_epoch
+                + self.train_loader.resume_batch // self.config.grad_accum
+            )
+        self.progress.steps_per_epoch = self.steps_per_epoch
+
+    def _move_schedule_to(self, step: int) -> None:
+        """Sets a per-step schedule to ``step``: after a resume with other steps per epoch,
+        it goes on from the same fraction of the run."""
+        if self.config.sched.interval != "step":
+            return
+        self.scheduler.last_epoch = step
+        for group, base_lr, factor in zip(
+            self.optimizer.param_groups,
+            self.scheduler.base_lrs,
+            self.scheduler.lr_lambdas,
+            strict=True,
+        ):
+            group["lr"] = base_lr * factor(step)
+        self.resume_notes.append(
+            f"{self.progress.steps_per_epoch} optimizer steps per epoch when saved, "
+            f"{self.steps_per_epoch} now: the schedule goes on from step {step}"
+        )
 
     def _apply_hyperparameters(self, chosen: list[dict], lr_ratio: float) -> None:
         for group, fresh in zip(self.optimizer.param_groups, chosen, strict=True):
@@ -99,19 +135,10 @@ class RunControl:
             self.scheduler.base_lrs = [lr * ratio for lr in self.scheduler.base_lrs]
 
     def _read_runtime(self) -> None:
-        """Apply an edited runtime.json (read at each epoch's start); a bad edit is logged
-        and ignored rather than ending a long run."""
-        path = self.run_dir / RUNTIME
-        try:
-            scale = json.loads(path.read_text())["lr_scale"]
-            if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and scale > 0):
-                raise ValueError(f"lr_scale must be a positive number, not {scale!r}")
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            self.logger.info("runtime.json ignored: %s", error)
-            return
-        if scale != self.progress.lr_scale:
+        """Apply an edited runtime.json (read at each epoch's start, by rank 0 for all); a bad
+        edit is logged and ignored rather than ending a long run."""
+        scale = self.dist.run_on_main(self._read_lr_scale)
+        if scale is not None and scale != self.progress.lr_scale:
             self.logger.info(
                 "runtime.json: lr_scale %g -> %g from epoch %d",
                 self.progress.lr_scale,
@@ -120,6 +147,19 @@ class RunControl:
             )
             self._scale_lr(scale / self.progress.lr_scale)
             self.progress.lr_scale = float(scale)
+
+    def _read_lr_scale(self) -> float | None:
+        path = self.run_dir / RUNTIME
+        try:
+            scale = json.loads(path.read_text())["lr_scale"]
+            if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and scale > 0):
+                raise ValueError(f"lr_scale must be a positive number, not {scale!r}")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            self.logger.info("runtime.json ignored: %s", error)
+            return None
+        return scale
 
     def _write_records(self, resumed: bool) -> None:
         config = self.config
@@ -167,7 +207,14 @@ class RunControl:
             )
         self.last_values: dict[str, float] = {}
 
-    def _state(self) -> dict:
+    def _rank_state(self) -> dict:
+        """What differs between ranks: their random streams."""
+        return {
+            "rng": rng_state(),
+            "augment": self.augment.state_dict() if self.augment is not None else None,
+        }
+
+    def _state(self, ranks: list[dict]) -> dict:
         return {
             "format": checkpoint.FORMAT,
             "run_id": self.record.run_id,
@@ -177,15 +224,22 @@ class RunControl:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "loader": self.train_loader.state_dict(),
-            "augment": self.augment.state_dict() if self.augment is not None else None,
-            "rng": rng_state(),
+            # Rank 0's streams, which a single process resumes with; all ranks' under torchrun.
+            **ranks[0],
+            "ranks": ranks if len(ranks) > 1 else None,
             "progress": dataclasses.asdict(self.progress),
         }
 
     def _save(self, name: str) -> None:
+        """All ranks call it at the same step; rank 0 writes, and the others go on once the
+        file is complete (or all fail together)."""
         self.progress.elapsed_s = self._elapsed()
+        ranks = self.dist.gather_to_main(self._rank_state())
+        self.dist.run_on_main(lambda: self._write_checkpoint(name, ranks))
+
+    def _write_checkpoint(self, name: str, ranks: list[dict]) -> None:
         try:
-            checkpoint.save_atomic(self._state(), self.run_dir / name)
+            checkpoint.save_atomic(self._state(ranks), self.run_dir / name)
         except OSError as error:
             raise UserError(
                 f"could not write {self.run_dir / name} ({error}); the previous checkpoint is "
@@ -195,7 +249,7 @@ class RunControl:
     def _save_epoch_end(self) -> None:
         config, epoch = self.config, self.progress.epoch
         self._save(checkpoint.LAST)
-        if config.keep_last > 0 or epoch in config.save_at:
+        if self.dist.is_main and (config.keep_last > 0 or epoch in config.save_at):
             name = checkpoint.per_epoch_name(epoch)
             checkpoint.keep_copy(self.run_dir, checkpoint.LAST, name)
             checkpoint.prune_per_epoch(self.run_dir, config.keep_last, config.save_at)
@@ -206,9 +260,20 @@ class RunControl:
     # --- stopping ------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, frame) -> None:
-        if self.stop_signal is not None and signum == signal.SIGINT:
+        if self.signal_received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now (writes are atomic)
-        self.stop_signal = signum
+        self.signal_received = signum
+
+    def _agree_on_stop(self) -> None:
+        """Under torchrun a signal may reach one rank only; all ranks learn of it here, at a
+        step every rank calls this at, and stop after that same step."""
+        self.stop_signal = self.dist.agree_on_signal(self.signal_received, self.device)
+
+    def _average_gradients(self) -> None:
+        """All-reduce the gradients by hand, when DDP's backward hook did not run."""
+        for parameter in self.model.parameters():
+            if parameter.grad is not None:
+                self.dist.all_reduce(parameter.grad).div_(self.dist.world_size)
 
     def _stop_if_requested(self) -> None:
         if self.stop_signal is None:
@@ -235,6 +300,20 @@ class RunControl:
             f"{batch_idx + 1} (after {self.progress.step} optimizer steps, lr {lr:.3g}); "
             f"{kept}. Lower --optim.lr or set --clip-grad (e.g. 1.0), or use "
             "--nan-policy skip to drop such batches."
+        )
+
+    def _lost_contact(self, error: Exception) -> LostContactError:
+        last = self.run_dir / checkpoint.LAST
+        kept = (
+            f"The last checkpoint is {last}; continue with the same torchrun command and "
+            f"--resume {last} (or --resume auto)."
+            if last.exists()
+            else "No checkpoint was written yet."
+        )
+        return LostContactError(
+            f"lost contact with the other processes ({str(error).splitlines()[0]}). Another "
+            "rank died (its own error is above) or did not answer within --dist-timeout "
+            f"{self.config.dist_timeout:g} s. {kept}"
         )
 
     def _early_stop_reason(self) -> str | None:

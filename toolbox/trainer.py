@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -16,6 +17,12 @@ from toolbox import checkpoint, records
 from toolbox.config import TrainingConfig, to_plain
 from toolbox.data.augment import BatchAugment
 from toolbox.data.loaders import make_loader, to_device
+from toolbox.distributed import (
+    Discard,
+    Distributed,
+    is_communication_failure,
+    wrap_in_ddp,
+)
 from toolbox.errors import RunStopped, UserError
 from toolbox.evaluation import evaluate
 from toolbox.metrics import METRICS
@@ -42,10 +49,13 @@ class Trainer(RunControl):
         config: TrainingConfig,
         console: Console | None = None,
         command: list[str] | None = None,
+        distributed: Distributed | None = None,
     ) -> None:
         self.config = config
         self.command = command
-        self.console = console or Console()
+        self.dist = distributed or Distributed()
+        # Only rank 0 prints and writes the run directory; the others stay quiet.
+        self.console = console or Console(quiet=not self.dist.is_main)
         resumed = checkpoint.load_checkpoint(config.resume) if config.resume else None
 
         # Everything that can fail on user input happens before the run directory exists.
@@ -54,10 +64,21 @@ class Trainer(RunControl):
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         seed_everything(config.seed)
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(self.dist.device or config.device)
         self.splits = config.data.build()
         info = self.splits.info
         self.model = build_model(config, info, self.device)
+        if config.sync_bn:
+            if self.dist.enabled and self.device.type != "cuda":
+                raise UserError(
+                    "--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on "
+                    f"{self.device.type}); drop --sync-bn, or train on GPUs."
+                )
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        if self.dist.rank > 0:
+            # Every rank built the same initial weights; from here on each draws its own
+            # dropout masks and noise. Rank 0 keeps the single-process stream.
+            seed_everything(config.seed + self.dist.rank)
         self.skipped_init_keys: list[str] = []
         if config.init_from is not None and resumed is None:
             self.skipped_init_keys = checkpoint.load_model_state(
@@ -77,7 +98,9 @@ class Trainer(RunControl):
                     f"this dataset's inputs have shape {tuple(info.input_shape)}; use "
                     "--data.augment none."
                 )
-            self.augment = BatchAugment(config.data.augment, self.device, config.seed + 1)
+            self.augment = BatchAugment(
+                config.data.augment, self.device, config.seed + 1 + self.dist.rank
+            )
         self.train_loader, self.val_loader = (
             make_loader(
                 split,
@@ -88,6 +111,8 @@ class Trainer(RunControl):
                 seed=config.seed,
                 num_workers=config.num_workers,
                 placement=config.data.placement,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
             )
             for split, batch_size, train in (
                 (self.splits.train, config.batch_size, True),
@@ -95,10 +120,11 @@ class Trainer(RunControl):
             )
         )
         if len(self.train_loader) == 0:
+            processes = f" times {self.dist.world_size} processes" if self.dist.enabled else ""
             raise UserError(
-                f"--batch-size {config.batch_size} is larger than the training split "
-                f"({len(self.splits.train['target'])} samples), so an epoch has no full batch; "
-                "lower --batch-size."
+                f"--batch-size {config.batch_size}{processes} is larger than the training "
+                f"split ({len(self.splits.train['target'])} samples), so an epoch has no full "
+                "batch; lower --batch-size."
             )
         if len(self.splits.val["target"]) == 0:
             raise UserError(
@@ -111,7 +137,8 @@ class Trainer(RunControl):
             self.optimizer, self.steps_per_epoch, config.epochs, config.monitor_mode
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
-        self.progress = Progress()
+        self.progress = Progress(steps_per_epoch=self.steps_per_epoch)
+        self.resume_notes: list[str] = []
         if resumed is not None:
             self._restore(resumed)
             if self.progress.epoch >= config.epochs:
@@ -120,19 +147,48 @@ class Trainer(RunControl):
                     f"{self.progress.epoch} of --epochs {config.epochs}; pass a larger "
                     f"--epochs (e.g. --epochs {self.progress.epoch + 10}) to train further."
                 )
-        # The compiled module shares parameters with self.model, whose state_dict (without
-        # the "_orig_mod." prefix) is what checkpoints hold.
-        self.forward_model = torch.compile(self.model) if config.compile else self.model
+        # DDP goes inside torch.compile, so the compiler sees its bucketed all-reduces. Both
+        # wrappers share parameters with self.model, whose state_dict (no "module." or
+        # "_orig_mod." prefix) is what checkpoints hold.
+        self.ddp = wrap_in_ddp(self.model, self.device) if self.dist.enabled else None
+        train_module = self.ddp or self.model
+        self.forward_model = torch.compile(train_module) if config.compile else train_module
+        self.signal_received: int | None = None
+        """The last stop signal this process received."""
         self.stop_signal: int | None = None
+        """The stop signal all ranks agreed on (see _agree_on_stop)."""
         self.compiled_warm = False
 
-        self.run_dir = Path(config.resume).parent if resumed else new_run_dir(config)
-        self.logger = setup_logging(self.run_dir / LOG, self.console, self.console.is_terminal)
-        columns = ["epoch", "step", "lr", "train_loss", "val_loss"]
-        columns += [f"val_{name}" for name in self.metrics]
-        columns += ["nan_skips"] if config.nan_policy == "skip" else []
-        self.table = MetricsTable(self.run_dir / METRICS_FILE, columns + ["elapsed_s"])
-        self._write_records(resumed is not None)
+        self.run_dir = Path(
+            self.dist.run_on_main(
+                lambda: str(Path(config.resume).parent if resumed else new_run_dir(config))
+            )
+        )
+        self.logger = setup_logging(
+            self.run_dir / LOG if self.dist.is_main else None,
+            self.console,
+            self.console.is_terminal,
+        )
+        if self.dist.is_main:
+            columns = ["epoch", "step", "lr", "train_loss", "val_loss"]
+            columns += [f"val_{name}" for name in self.metrics]
+            columns += ["nan_skips"] if config.nan_policy == "skip" else []
+            self.table = MetricsTable(self.run_dir / METRICS_FILE, columns + ["elapsed_s"])
+            self._write_records(resumed is not None)
+        else:
+            self.table = self.writer = self.plotter = self.record = Discard()
+            self.last_values = {}
+        for note in self.resume_notes:
+            self.logger.info("%s", note)
+        if self.dist.enabled:
+            self.logger.info(
+                "distributed: %d processes (%s); batch size %d per process, %d in all%s",
+                self.dist.world_size,
+                self.dist.backend,
+                config.batch_size,
+                config.batch_size * self.dist.world_size,
+                f" (x{config.grad_accum} accumulated per step)" if config.grad_accum > 1 else "",
+            )
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -160,19 +216,22 @@ class Trainer(RunControl):
                         self._evaluate_and_record(train_loss, display)
                         stop_reason = self._early_stop_reason()
                     self._save_epoch_end()
+                    self._agree_on_stop()
                     if stop_reason:
                         self.logger.info("stopping early: %s", stop_reason)
                         break
                     if self.progress.epoch < config.epochs:  # a stop after the last: finished
                         self._stop_if_requested()
+            self._agree_on_stop()  # a signal during the last epoch's evaluation and save
             self.plotter.update(force=True)
-            final = {**self.last_values, f"best_{config.monitor}": self.progress.best_value}
-            records.log_hparams(
-                self.writer,
-                to_plain(config),
-                {key: value for key, value in final.items() if value is not None},
-                step=self.progress.epoch,
-            )
+            if self.dist.is_main:
+                final = {**self.last_values, f"best_{config.monitor}": self.progress.best_value}
+                records.log_hparams(
+                    self.writer,
+                    to_plain(config),
+                    {key: value for key, value in final.items() if value is not None},
+                    step=self.progress.epoch,
+                )
         except RunStopped as stopped:
             self.plotter.update(force=True)
             self.record.finish("interrupted", reason=str(stopped))
@@ -192,6 +251,10 @@ class Trainer(RunControl):
                 )
             raise
         except Exception as error:
+            if self.dist.enabled and is_communication_failure(error):
+                lost = self._lost_contact(error)
+                self.record.finish("failed", error=str(lost))
+                raise lost from error
             self.record.finish("failed", error=f"{type(error).__name__}: {error}")
             raise
         finally:
@@ -233,18 +296,21 @@ class Trainer(RunControl):
         window_started = time.perf_counter()
 
         def flush() -> tuple[float, int]:
-            """Read the window's losses (the one host sync), add them to the epoch's sums;
-            returns the window's mean loss and sample count."""
+            """Read the window's losses (the one host sync), summed over all ranks, and add
+            them to the epoch's sums; returns the window's mean loss and sample count. Every
+            rank calls it at the same steps, with windows of the same steps."""
             nonlocal window
             if not window:
                 return float("nan"), 0
-            losses = torch.stack([loss for _, _, loss in window]).tolist()
+            sums = torch.stack([loss.float() * samples for _, samples, loss in window])
+            counts = torch.tensor([samples for _, samples, _ in window], device=device)
+            reduced = self.dist.all_reduce(torch.cat([sums, counts.float()])).tolist()
             total, count = 0.0, 0
-            for (batch_idx, samples, _), value in zip(window, losses, strict=True):
-                if not math.isfinite(value):
+            for index, (batch_idx, _, _) in enumerate(window):
+                if not math.isfinite(reduced[index]):  # on any rank: all stop together
                     raise self._diverged(epoch_idx, batch_idx)
-                total += samples * value
-                count += samples
+                total += reduced[index]
+                count += round(reduced[len(window) + index])
             progress.epoch_loss_sum += total
             progress.epoch_samples += count
             window = []
@@ -257,10 +323,20 @@ class Trainer(RunControl):
             group_start = batch_idx - batch_idx % config.grad_accum
             group_size = min(config.grad_accum, num_batches - group_start)
             inputs = batch["input"] if self.augment is None else self.augment(batch["input"])
-            with autocast(device, config.precision):
-                output = self.forward_model(self.normalizer(inputs))
-                loss = self.criterion(output.float(), target)
-            if skip_policy and not torch.isfinite(loss).item():  # the policy's sync per batch
+            steps_now = batch_idx + 1 - group_start == group_size
+            # Only the last batch of an accumulation group all-reduces its gradients.
+            with self.ddp.no_sync() if self.ddp and not steps_now else nullcontext():
+                with autocast(device, config.precision):
+                    output = self.forward_model(self.normalizer(inputs))
+                    loss = self.criterion(output.float(), target)
+                finite = not skip_policy or self.dist.all_ranks_true(
+                    bool(torch.isfinite(loss).item()),
+                    device,  # the policy's sync per batch
+                )
+                if finite:
+                    self.scaler.scale(loss / group_size if group_size > 1 else loss).backward()
+                    window.append((batch_idx, target.shape[0], loss.detach()))
+            if not finite:
                 progress.nan_skips += 1
                 self.logger.info(
                     "%s batch %d: non-finite loss, batch skipped (%d so far)",
@@ -270,16 +346,16 @@ class Trainer(RunControl):
                 )
                 if progress.nan_skips > config.max_nan_skips:
                     raise self._diverged(epoch_idx, batch_idx)
-            else:
-                self.scaler.scale(loss / group_size if group_size > 1 else loss).backward()
-                window.append((batch_idx, target.shape[0], loss.detach()))
-            if batch_idx + 1 - group_start < group_size:
+                if self.ddp and steps_now:
+                    self._average_gradients()  # the group's earlier batches skipped theirs
+            if not steps_now:
                 continue  # accumulate more gradients before stepping
             if config.clip_grad is not None:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
             every = config.histogram_every
-            if every and batch_idx + 1 == num_batches and (epoch_idx + 1) % every == 0:
+            at_epoch_end = batch_idx + 1 == num_batches
+            if every and at_epoch_end and (epoch_idx + 1) % every == 0 and self.dist.is_main:
                 # Before the step: zero_grad(set_to_none) would take the gradients away.
                 scale = 1.0 if config.clip_grad is not None else self.scaler.get_scale()
                 records.log_histograms(self.writer, self.model, epoch_idx + 1, grad_scale=scale)
@@ -309,6 +385,8 @@ class Trainer(RunControl):
                 window_started = time.perf_counter()
             if batch_idx + 1 == num_batches:
                 continue  # the epoch's end evaluates and saves (and stops) in fit()
+            if not self.dist.enabled or progress.step % config.log_every == 0:
+                self._agree_on_stop()  # under torchrun a collective, so once per log interval
             every = config.checkpoint_every_steps
             if (every and progress.step % every == 0) or self.stop_signal is not None:
                 flush()  # never save a state that has taken a non-finite step
@@ -319,6 +397,7 @@ class Trainer(RunControl):
 
     def _evaluate_and_record(self, train_loss: float, display: ProgressDisplay) -> None:
         config, progress = self.config, self.progress
+        self.dist.sync_buffers(self.model)
         result = evaluate(
             self.forward_model,
             self.val_loader,
@@ -328,6 +407,7 @@ class Trainer(RunControl):
             device=self.device,
             precision=config.precision,
             classification=self.splits.info.task == "classification",
+            reduce=self.dist.all_reduce,
         )
         values = {"val_loss": result.loss}
         values.update({f"val_{name}": value for name, value in result.metrics.items()})

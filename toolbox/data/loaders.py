@@ -17,6 +17,12 @@ class _EpochLoader:
     The state holds the generator as it was when the current epoch's permutation was drawn
     and the number of batches already handed out, so a checkpoint taken mid-epoch resumes
     at exactly the next batch and every later epoch draws what it would have drawn.
+
+    Under torchrun every rank draws the same permutation and takes every ``world_size``-th
+    position of it from its ``rank`` on: batch i of all ranks together is positions
+    [i * B * W, (i + 1) * B * W) of the permutation, exactly the batch a single process
+    with batch size B * W would see. Training drops the remainder (fewer than B * W
+    samples, different ones each epoch); evaluation covers every sample exactly once.
     """
 
     def __init__(
@@ -28,9 +34,13 @@ class _EpochLoader:
         drop_last: bool,
         seed: int,
         generator_device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.num_samples = num_samples
         self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.generator = torch.Generator(device=generator_device).manual_seed(seed)
@@ -42,8 +52,8 @@ class _EpochLoader:
 
     def __len__(self) -> int:
         if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+            return self.num_samples // self.world_size // self.batch_size
+        return math.ceil(len(range(self.rank, self.num_samples, self.world_size)) / self.batch_size)
 
     def _begin_epoch(self) -> int:
         """Draws the epoch's order; returns the index of the first batch to hand out."""
@@ -59,23 +69,37 @@ class _EpochLoader:
         return start
 
     def _index(self, batch_idx: int) -> torch.Tensor | slice:
-        start = batch_idx * self.batch_size
-        stop = min(start + self.batch_size, self.num_samples)
-        return slice(start, stop) if self._order is None else self._order[start:stop]
+        stride = self.world_size
+        start = self.rank + batch_idx * self.batch_size * stride
+        positions = slice(start, min(start + self.batch_size * stride, self.num_samples), stride)
+        return positions if self._order is None else self._order[positions]
 
     @property
     def resume_batch(self) -> int:
         """The batch the next epoch starts at: 0, or the position a checkpoint restored."""
         return self._resume_at
 
+    @property
+    def samples_per_batch(self) -> int:
+        """Samples one batch of every rank together holds."""
+        return self.batch_size * self.world_size
+
     def state_dict(self) -> dict:
-        if 0 < self.next_batch < len(self):
-            return {"generator": self._epoch_start_state, "next_batch": self.next_batch}
-        return {"generator": self.generator.get_state(), "next_batch": 0}
+        position = self.next_batch if 0 < self.next_batch < len(self) else 0
+        return {
+            "generator": self._epoch_start_state if position else self.generator.get_state(),
+            "next_batch": position,
+            "samples_per_batch": self.samples_per_batch,
+        }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restores the position; saved with another batch size or number of ranks, the epoch
+        goes on from the first sample not yet seen, rounded down to a whole batch."""
         self.generator.set_state(state["generator"])
-        self.next_batch = self._resume_at = state["next_batch"]
+        saved_batch = state.get("samples_per_batch", self.samples_per_batch)
+        self.next_batch = self._resume_at = (
+            state["next_batch"] * saved_batch // self.samples_per_batch
+        )
 
 
 class InMemoryLoader(_EpochLoader):
@@ -96,6 +120,8 @@ class InMemoryLoader(_EpochLoader):
         drop_last: bool,
         seed: int = 0,
         pinned: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.device = device
         self.pinned = pinned and device.type == "cuda"
@@ -112,6 +138,8 @@ class InMemoryLoader(_EpochLoader):
             drop_last=drop_last,
             seed=seed,
             generator_device=torch.device("cpu") if self.pinned else device,
+            rank=rank,
+            world_size=world_size,
         )
 
     def __iter__(self) -> Iterator[Batch]:
@@ -153,7 +181,7 @@ class _PlannedBatches(torch.utils.data.Sampler):
         for batch_idx in range(owner.first_batch, len(owner)):
             index = owner._index(batch_idx)
             if isinstance(index, slice):
-                yield list(range(index.start, index.stop))
+                yield list(range(index.start, index.stop, index.step))
             else:
                 yield index.tolist()
 
@@ -175,6 +203,8 @@ class WorkerLoader(_EpochLoader):
         drop_last: bool,
         seed: int = 0,
         num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         dataset = _TensorDictDataset(tensors)
         super().__init__(
@@ -184,6 +214,8 @@ class WorkerLoader(_EpochLoader):
             drop_last=drop_last,
             seed=seed,
             generator_device=torch.device("cpu"),
+            rank=rank,
+            world_size=world_size,
         )
         self.first_batch = 0
         self.loader = torch.utils.data.DataLoader(
@@ -222,8 +254,12 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     placement: str = "device",
+    rank: int = 0,
+    world_size: int = 1,
 ) -> InMemoryLoader | WorkerLoader:
-    """The loader for one split: shuffled, dropping the last partial batch, when training."""
+    """The loader for one split (this rank's share of it): shuffled, dropping the last
+    partial batch, when training."""
+    shard = {"rank": rank, "world_size": world_size}
     if kind == "memory":
         pinned = placement == "pinned" or (
             placement == "auto" and not fits_on_device(tensors, device)
@@ -236,6 +272,7 @@ def make_loader(
             drop_last=train,
             seed=seed,
             pinned=pinned,
+            **shard,
         )
     return WorkerLoader(
         tensors,
@@ -245,6 +282,7 @@ def make_loader(
         drop_last=train,
         seed=seed,
         num_workers=num_workers,
+        **shard,
     )
 
 
