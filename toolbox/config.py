@@ -173,6 +173,8 @@ def with_components(config: TrainingConfig, **names: str) -> TrainingConfig:
         if name is not None and name != getattr(config, selector):
             changes[selector] = name
             changes[slot] = registry.get(name)()
+            if slot == "model" and changes[slot].default_metrics is not None:
+                changes["metrics"] = changes[slot].default_metrics
     return dataclasses.replace(config, **changes)
 
 
@@ -219,7 +221,7 @@ def problems(config: TrainingConfig) -> list[str]:
         found.extend(getattr(config, slot).problems())
 
     task = config.data.task
-    if task not in config.loss.tasks:
+    if task not in config.loss.tasks and not config.model.own_steps:
         found.append(
             f"--criterion {config.criterion} does not apply to the {task} dataset "
             f"{config.dataset!r}; use one of: "

@@ -38,15 +38,19 @@ def evaluate_run(options: EvaluateConfig) -> Path:
     if options.batch_size is not None and options.batch_size < 1:
         raise UserError(f"--batch-size is {options.batch_size}; it must be at least 1.")
     import pandas as pd
+    import torch
     from rich.console import Console
     from rich.table import Table
+    from torch.utils.tensorboard import SummaryWriter
 
     from toolbox import checkpoint
     from toolbox.config import from_plain
     from toolbox.data.loaders import make_loader
-    from toolbox.evaluation import evaluate
+    from toolbox.evaluation import evaluate, evaluate_own_steps
     from toolbox.metrics import METRICS
+    from toolbox.records import write_figures
     from toolbox.runtime import build_model, input_normalizer, resolve_device
+    from toolbox.steps import StepRunner, has_own_steps
 
     path = Path(options.run)
     if path.is_dir():
@@ -76,33 +80,43 @@ def evaluate_run(options: EvaluateConfig) -> Path:
         device=device,
         train=False,
     )
-    result = evaluate(
-        model,
-        loader,
-        normalizer=input_normalizer(config, info, device),
-        criterion=config.loss.build().to(device),
-        metrics=metrics,
-        device=device,
-        precision=config.precision,
-        classification=info.task == "classification",
-        keep_predictions=True,
-    )
-
+    common = {
+        "normalizer": input_normalizer(config, info, device),
+        "metrics": metrics,
+        "device": device,
+        "precision": config.precision,
+        "keep_predictions": True,
+    }
     out_dir = run_dir / "test"
     out_dir.mkdir(exist_ok=True)
-    summary = {"loss": result.loss, **result.metrics}
+    if has_own_steps(model):
+        result = evaluate_own_steps(
+            StepRunner(model), loader, loss_names=tuple(model.loss_names), **common
+        )
+        if hasattr(model, "figures"):
+            model.eval()
+            with torch.no_grad():
+                figures = model.figures()
+            with SummaryWriter(str(out_dir)) as writer:
+                figures = {f"{options.split}_{name}": value for name, value in figures.items()}
+                write_figures(writer, out_dir, figures, state["progress"]["epoch"])
+    else:
+        result = evaluate(
+            model,
+            loader,
+            criterion=config.loss.build().to(device),
+            classification=info.task == "classification",
+            **common,
+        )
+    summary = {**result.losses, **result.metrics}
     pd.DataFrame([summary]).to_csv(out_dir / f"{options.split}_metrics.csv", index=False)
-    predictions = {"index": range(len(result.predictions["loss"]))}
-    for key in ("target", "prediction"):
-        values = result.predictions[key]
+    predictions = {"index": range(len(next(iter(result.predictions.values()))))}
+    for key, values in result.predictions.items():
         if values.ndim == 1:
             predictions[key] = values.numpy()
-        else:  # one column per regression output
-            for column in range(values.shape[1]):
-                predictions[f"{key}_{column}"] = values[:, column].numpy()
-    predictions["loss"] = result.predictions["loss"].numpy()
-    if "probability" in result.predictions:
-        predictions["probability"] = result.predictions["probability"].numpy()
+        else:  # one column per output, e.g. per regression target
+            for column, value in enumerate(values.flatten(1).T):
+                predictions[f"{key}_{column}"] = value.numpy()
     pd.DataFrame(predictions).to_csv(out_dir / f"{options.split}_predictions.csv", index=False)
 
     progress = state["progress"]

@@ -1,4 +1,9 @@
-"""Evaluation over a whole split: exact loss and metrics, optionally per-sample predictions."""
+"""Evaluation over a whole split: exact losses and metrics, optionally per-sample predictions.
+
+Sums and counts stay on the device; one transfer at the end is the only host sync. Under
+torchrun each rank's loader holds its share of the split and ``reduce`` (an all-reduce
+sum) adds up the sums and counts of all ranks, so the results are exact over the split.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,12 @@ import torch
 from torch import nn
 
 from toolbox.data.loaders import Normalizer, to_device
+from toolbox.errors import UserError
 from toolbox.metrics import MetricConfig
 from toolbox.runtime import autocast
+from toolbox.steps import MAIN_LOSS
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 def per_sample_criterion(criterion: nn.Module) -> nn.Module:
@@ -25,10 +34,73 @@ def per_sample_criterion(criterion: nn.Module) -> nn.Module:
 class Evaluation:
     """Results of one pass over a split, already on the host."""
 
-    loss: float
+    losses: dict[str, float]
+    """Each named loss (MAIN_LOSS first), averaged over the split's samples."""
     metrics: dict[str, float]
     predictions: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Per-sample ``loss``, ``target``, ``prediction`` (and ``probability`` for classes)."""
+    """Per-sample ``loss``, ``target``, ``prediction`` (and ``probability`` for classes), or
+    the outputs of a model's own evaluation step."""
+
+    @property
+    def loss(self) -> float:
+        return self.losses[MAIN_LOSS]
+
+
+class _Totals:
+    """Running sums of the named losses (weighted by samples) and of the metrics."""
+
+    def __init__(
+        self, loss_names: tuple[str, ...], metrics: dict[str, MetricConfig], device
+    ) -> None:
+        self.loss_names, self.metrics = loss_names, metrics
+        self.loss_sums = torch.zeros(len(loss_names), device=device, dtype=torch.float64)
+        self.metric_sums = torch.zeros(len(metrics), device=device, dtype=torch.float64)
+        self.metric_counts = [0] * len(metrics)
+        self.num_samples = 0
+        self.kept: dict[str, list[torch.Tensor]] = {}
+
+    def add(self, loss_sums: torch.Tensor, num_samples: int, output, target) -> None:
+        self.loss_sums += loss_sums
+        self.num_samples += num_samples
+        for index, metric in enumerate(self.metrics.values()):
+            total, count = metric.batch_sum(output, target)
+            self.metric_sums[index] += total
+            self.metric_counts[index] += count
+
+    def keep(self, values: dict[str, torch.Tensor]) -> None:
+        for key, value in values.items():
+            self.kept.setdefault(key, []).append(value)
+
+    def result(self, reduce: Reduce | None) -> Evaluation:
+        device = self.loss_sums.device
+        counts = [self.num_samples, *self.metric_counts]
+        totals = torch.cat(
+            [
+                self.loss_sums,
+                self.metric_sums,
+                torch.tensor(counts, device=device, dtype=torch.float64),
+            ]
+        )
+        if reduce is not None:
+            reduce(totals)
+        values = totals.tolist()
+        num_losses, num_metrics = len(self.loss_names), len(self.metrics)
+        loss_totals = values[:num_losses]
+        metric_totals = values[num_losses : num_losses + num_metrics]
+        num_samples, *metric_counts = (round(n) for n in values[num_losses + num_metrics :])
+        return Evaluation(
+            losses={
+                name: total / max(num_samples, 1)
+                for name, total in zip(self.loss_names, loss_totals, strict=True)
+            },
+            metrics={
+                name: metric.finalize(total, count)
+                for (name, metric), total, count in zip(
+                    self.metrics.items(), metric_totals, metric_counts, strict=True
+                )
+            },
+            predictions={key: torch.cat(values).cpu() for key, values in self.kept.items()},
+        )
 
 
 @torch.no_grad()
@@ -43,20 +115,13 @@ def evaluate(
     precision: str,
     classification: bool,
     keep_predictions: bool = False,
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    reduce: Reduce | None = None,
 ) -> Evaluation:
-    """Loss and metrics over ``loader``'s samples. Under torchrun each rank's loader holds
-    its share of the split, and ``reduce`` (an all-reduce sum) adds up the sums and counts
-    of all ranks, so the results are exact over the whole split."""
+    """Loss and metrics of a model whose output the criterion scores."""
     was_training = model.training
     model.eval()
     per_sample = per_sample_criterion(criterion)
-    # Sums and counts stay on the device; one transfer at the end is the only host sync.
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    metric_sums = torch.zeros(len(metrics), device=device, dtype=torch.float64)
-    metric_counts = [0] * len(metrics)
-    num_samples = 0
-    kept: dict[str, list[torch.Tensor]] = {}
+    totals = _Totals((MAIN_LOSS,), metrics, device)
     for batch in loader:
         batch = to_device(batch, device)
         target = batch["target"]
@@ -64,12 +129,7 @@ def evaluate(
             output = model(normalizer(batch["input"]))
         output = output.float()
         losses = per_sample(output, target).reshape(target.shape[0], -1).mean(dim=1)
-        loss_sum += losses.sum()
-        num_samples += target.shape[0]
-        for index, metric in enumerate(metrics.values()):
-            total, count = metric.batch_sum(output, target)
-            metric_sums[index] += total
-            metric_counts[index] += count
+        totals.add(losses.sum().reshape(1), target.shape[0], output, target)
         if keep_predictions:
             if classification:
                 probabilities = output.softmax(dim=1)
@@ -77,24 +137,45 @@ def evaluate(
                 values = {"prediction": prediction, "probability": probability}
             else:
                 values = {"prediction": output}
-            values.update(loss=losses, target=target)
-            for key, value in values.items():
-                kept.setdefault(key, []).append(value)
+            totals.keep({**values, "loss": losses, "target": target})
     model.train(was_training)
-    counts = torch.tensor([num_samples, *metric_counts], device=device, dtype=torch.float64)
-    totals = torch.cat([loss_sum.reshape(1), metric_sums, counts])
-    if reduce is not None:
-        reduce(totals)
-    values = totals.tolist()
-    loss_total, metric_totals = values[0], values[1 : 1 + len(metrics)]
-    num_samples, *metric_counts = (round(count) for count in values[1 + len(metrics) :])
-    return Evaluation(
-        loss=loss_total / max(num_samples, 1),
-        metrics={
-            name: metric.finalize(total, count)
-            for (name, metric), total, count in zip(
-                metrics.items(), metric_totals, metric_counts, strict=True
+    return totals.result(reduce)
+
+
+@torch.no_grad()
+def evaluate_own_steps(
+    step_module: nn.Module,
+    loader,
+    *,
+    normalizer: Normalizer,
+    loss_names: tuple[str, ...],
+    metrics: dict[str, MetricConfig],
+    device: torch.device,
+    precision: str,
+    keep_predictions: bool = False,
+    reduce: Reduce | None = None,
+) -> Evaluation:
+    """Named losses of a model's own evaluation step (through ``step_module``, a
+    steps.StepRunner, maybe wrapped), and metrics of its ``outputs["prediction"]``."""
+    was_training = step_module.training
+    step_module.eval()
+    totals = _Totals(loss_names, metrics, device)
+    for batch in loader:
+        batch = to_device(batch, device)
+        batch = {**batch, "input": normalizer(batch["input"])}
+        num_samples = len(batch["input"])
+        with autocast(device, precision):
+            losses, outputs = step_module(batch, False)
+        prediction = outputs.get("prediction")
+        if metrics and prediction is None:
+            raise UserError(
+                f"--metrics {' '.join(metrics)}: this model's evaluation step returns no "
+                "outputs['prediction'] to score; run it with --metrics and no names."
             )
-        },
-        predictions={key: torch.cat(values).cpu() for key, values in kept.items()},
-    )
+        batch_losses = torch.stack([losses[name].double() for name in loss_names])
+        output = None if prediction is None else prediction.float()
+        totals.add(batch_losses * num_samples, num_samples, output, batch.get("target"))
+        if keep_predictions:
+            totals.keep({key: value.float() for key, value in outputs.items()})
+    step_module.train(was_training)
+    return totals.result(reduce)

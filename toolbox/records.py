@@ -13,9 +13,9 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     import torch
@@ -202,16 +202,45 @@ def write_curves(
     figure.suptitle("  \u00b7  ".join(heading))
 
     png.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(
+        png,
+        lambda file: figure.savefig(file, format="png", dpi=150, pil_kwargs={"compress_level": 1}),
+    )
+    return True
+
+
+def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(file)`` into a temporary beside ``path``, then renamed over it: a reader
+    never sees half a file."""
     # A unique temporary name: two writers never share one; the rename is atomic.
-    temporary = png.with_name(f".{png.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(temporary, "xb") as file:
-            figure.savefig(file, format="png", dpi=150, pil_kwargs={"compress_level": 1})
-        os.replace(temporary, png)
+            write(file)
+        os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    return True
+
+
+def write_figures(writer: SummaryWriter, run_dir: Path, figures: Mapping, step: int) -> None:
+    """A model's figures, each an image tensor (C, H, W) in [0, 1] or a matplotlib figure,
+    to TensorBoard under ``figures/<name>`` and to ``<run_dir>/<name>.png``."""
+    import torch
+    from torchvision.utils import save_image
+
+    for name, figure in figures.items():
+        png = run_dir / f"{name}.png"
+        if isinstance(figure, torch.Tensor):
+            image = figure.detach().float().cpu().clamp(0, 1)
+            writer.add_image(f"figures/{name}", image, step, dataformats="CHW")
+            _write_atomically(png, lambda file, image=image: save_image(image, file, format="png"))
+        else:
+            _write_atomically(
+                png, lambda file, figure=figure: figure.savefig(file, format="png", dpi=100)
+            )
+            writer.add_figure(f"figures/{name}", figure, step)  # and closes it
+    writer.flush()
 
 
 class CurvesPlotter:

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from toolbox import checkpoint, records
 from toolbox.config import from_plain, to_plain
@@ -37,8 +37,8 @@ class Progress:
     best_value: float | None = None
     """Best value of the monitored metric so far."""
     best_epoch: int | None = None
-    epoch_loss_sum: float = 0.0
-    """Training loss summed over the samples of the current epoch seen so far."""
+    epoch_loss_sums: dict[str, float] = field(default_factory=dict)
+    """Each named training loss summed over the samples of the current epoch seen so far."""
     epoch_samples: int = 0
     nan_skips: int = 0
     """Batches skipped for a non-finite loss (--nan-policy skip)."""

@@ -24,7 +24,7 @@ from toolbox.distributed import (
     wrap_in_ddp,
 )
 from toolbox.errors import RunStopped, UserError
-from toolbox.evaluation import evaluate
+from toolbox.evaluation import evaluate, evaluate_own_steps
 from toolbox.metrics import METRICS
 from toolbox.progress import ProgressDisplay, format_duration
 from toolbox.run import LOG, MetricsTable, close_logging, new_run_dir, setup_logging
@@ -37,6 +37,7 @@ from toolbox.runtime import (
     resolve_device,
     seed_everything,
 )
+from toolbox.steps import MAIN_LOSS, StepRunner, has_own_steps
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -87,6 +88,8 @@ class Trainer(RunControl):
                 f"--init-from {config.init_from}",
                 strict=False,
             )
+        self.own_steps = has_own_steps(self.model)
+        self.loss_names = tuple(self.model.loss_names) if self.own_steps else (MAIN_LOSS,)
         self.criterion = config.loss.build().to(self.device)
         self.metrics = {name: METRICS.get(name)() for name in config.metrics}
         self.normalizer = input_normalizer(config, info, self.device)
@@ -150,8 +153,9 @@ class Trainer(RunControl):
         # DDP goes inside torch.compile, so the compiler sees its bucketed all-reduces. Both
         # wrappers share parameters with self.model, whose state_dict (no "module." or
         # "_orig_mod." prefix) is what checkpoints hold.
-        self.ddp = wrap_in_ddp(self.model, self.device) if self.dist.enabled else None
-        train_module = self.ddp or self.model
+        step_module = StepRunner(self.model) if self.own_steps else self.model
+        self.ddp = wrap_in_ddp(step_module, self.device) if self.dist.enabled else None
+        train_module = self.ddp or step_module
         self.forward_model = torch.compile(train_module) if config.compile else train_module
         self.signal_received: int | None = None
         """The last stop signal this process received."""
@@ -170,7 +174,8 @@ class Trainer(RunControl):
             self.console.is_terminal,
         )
         if self.dist.is_main:
-            columns = ["epoch", "step", "lr", "train_loss", "val_loss"]
+            columns = ["epoch", "step", "lr"]
+            columns += [f"{split}_{name}" for split in ("train", "val") for name in self.loss_names]
             columns += [f"val_{name}" for name in self.metrics]
             columns += ["nan_skips"] if config.nan_policy == "skip" else []
             self.table = MetricsTable(self.run_dir / METRICS_FILE, columns + ["elapsed_s"])
@@ -206,14 +211,14 @@ class Trainer(RunControl):
             with display:
                 for epoch_idx in range(self.progress.epoch, config.epochs):
                     self._read_runtime()
-                    train_loss = self._train_epoch(epoch_idx, display)
+                    train_losses = self._train_epoch(epoch_idx, display)
                     self.progress.epoch = epoch_idx + 1
-                    self.progress.epoch_loss_sum = 0.0
+                    self.progress.epoch_loss_sums = {}
                     self.progress.epoch_samples = 0
                     if self.progress.epoch % config.eval_every == 0 or (
                         self.progress.epoch == config.epochs
                     ):
-                        self._evaluate_and_record(train_loss, display)
+                        self._evaluate_and_record(train_losses, display)
                         stop_reason = self._early_stop_reason()
                     self._save_epoch_end()
                     self._agree_on_stop()
@@ -302,19 +307,26 @@ class Trainer(RunControl):
             nonlocal window
             if not window:
                 return float("nan"), 0
-            sums = torch.stack([loss.float() * samples for _, samples, loss in window])
-            counts = torch.tensor([samples for _, samples, _ in window], device=device)
-            reduced = self.dist.all_reduce(torch.cat([sums, counts.float()])).tolist()
-            total, count = 0.0, 0
-            for index, (batch_idx, _, _) in enumerate(window):
-                if not math.isfinite(reduced[index]):  # on any rank: all stop together
+            # One row per step: its named losses times its samples, then its samples.
+            rows = torch.stack(
+                [
+                    torch.cat([losses * samples, losses.new_full((1,), samples)])
+                    for _, samples, losses in window
+                ]
+            )
+            reduced = self.dist.all_reduce(rows).tolist()
+            totals, count = [0.0] * len(self.loss_names), 0
+            for (batch_idx, _, _), row in zip(window, reduced, strict=True):
+                if not math.isfinite(row[0]):  # the main loss, on any rank: all stop together
                     raise self._diverged(epoch_idx, batch_idx)
-                total += reduced[index]
-                count += round(reduced[len(window) + index])
-            progress.epoch_loss_sum += total
+                totals = [total + value for total, value in zip(totals, row[:-1], strict=True)]
+                count += round(row[-1])
+            sums = progress.epoch_loss_sums
+            for name, total in zip(self.loss_names, totals, strict=True):
+                sums[name] = sums.get(name, 0.0) + total
             progress.epoch_samples += count
             window = []
-            return total / count, count
+            return totals[0] / count, count
 
         for batch_idx, batch in enumerate(self.train_loader, first_batch):
             if not batches_on_device:
@@ -327,15 +339,22 @@ class Trainer(RunControl):
             # Only the last batch of an accumulation group all-reduces its gradients.
             with self.ddp.no_sync() if self.ddp and not steps_now else nullcontext():
                 with autocast(device, config.precision):
-                    output = self.forward_model(self.normalizer(inputs))
-                    loss = self.criterion(output.float(), target)
+                    if self.own_steps:
+                        step_batch = {**batch, "input": self.normalizer(inputs)}
+                        named, _ = self.forward_model(step_batch, True)
+                        losses = torch.stack([named[name].float() for name in self.loss_names])
+                        loss = losses[0]
+                    else:
+                        output = self.forward_model(self.normalizer(inputs))
+                        loss = self.criterion(output.float(), target)
+                        losses = loss.reshape(1)
                 finite = not skip_policy or self.dist.all_ranks_true(
                     bool(torch.isfinite(loss).item()),
                     device,  # the policy's sync per batch
                 )
                 if finite:
                     self.scaler.scale(loss / group_size if group_size > 1 else loss).backward()
-                    window.append((batch_idx, target.shape[0], loss.detach()))
+                    window.append((batch_idx, len(inputs), losses.detach()))
             if not finite:
                 progress.nan_skips += 1
                 self.logger.info(
@@ -393,23 +412,33 @@ class Trainer(RunControl):
                 self._stop_if_requested()
                 self._save(checkpoint.LAST)
         flush()
-        return progress.epoch_loss_sum / max(progress.epoch_samples, 1)
+        samples = max(progress.epoch_samples, 1)
+        return {name: total / samples for name, total in progress.epoch_loss_sums.items()}
 
-    def _evaluate_and_record(self, train_loss: float, display: ProgressDisplay) -> None:
+    def _evaluate_and_record(self, train_losses: dict[str, float], display) -> None:
         config, progress = self.config, self.progress
         self.dist.sync_buffers(self.model)
-        result = evaluate(
-            self.forward_model,
-            self.val_loader,
-            normalizer=self.normalizer,
-            criterion=self.criterion,
-            metrics=self.metrics,
-            device=self.device,
-            precision=config.precision,
-            classification=self.splits.info.task == "classification",
-            reduce=self.dist.all_reduce,
-        )
-        values = {"val_loss": result.loss}
+        common = {
+            "normalizer": self.normalizer,
+            "metrics": self.metrics,
+            "device": self.device,
+            "precision": config.precision,
+            "reduce": self.dist.all_reduce,
+        }
+        if self.own_steps:
+            result = evaluate_own_steps(
+                self.forward_model, self.val_loader, loss_names=self.loss_names, **common
+            )
+            self._write_figures()
+        else:
+            result = evaluate(
+                self.forward_model,
+                self.val_loader,
+                criterion=self.criterion,
+                classification=self.splits.info.task == "classification",
+                **common,
+            )
+        values = {f"val_{name}": value for name, value in result.losses.items()}
         values.update({f"val_{name}": value for name, value in result.metrics.items()})
         monitored = values[config.monitor]
         if config.sched.interval == "eval":
@@ -426,26 +455,24 @@ class Trainer(RunControl):
         else:
             progress.evals_since_best += 1
         epoch = progress.epoch
-        row = {"epoch": epoch, "step": progress.step, "lr": lr, "train_loss": train_loss}
-        row.update(values)
+        train_values = {f"train_{name}": value for name, value in train_losses.items()}
+        row = {"epoch": epoch, "step": progress.step, "lr": lr, **train_values, **values}
         if config.nan_policy == "skip":
             row["nan_skips"] = progress.nan_skips
         row["elapsed_s"] = round(self._elapsed(), 3)
         self.table.append(row)
-        self.writer.add_scalar("train/loss", train_loss, epoch)
         self.writer.add_scalar("lr", lr, epoch)
-        for name, value in values.items():
-            self.writer.add_scalar(name.replace("val_", "val/", 1), value, epoch)
+        for name, value in {**train_values, **values}.items():
+            self.writer.add_scalar(name.replace("_", "/", 1), value, epoch)
         self.writer.flush()
         self.last_values = values
         self.plotter.update()
         display.show_evaluation(row, improved)
         self.logger.info(
-            "epoch %d/%d train_loss %.4f %s lr %.3g%s",
+            "epoch %d/%d %s lr %.3g%s",
             epoch,
             config.epochs,
-            train_loss,
-            " ".join(f"{name} {value:.4f}" for name, value in values.items()),
+            " ".join(f"{name} {value:.4f}" for name, value in {**train_values, **values}.items()),
             lr,
             " (best)" if improved else "",
         )
@@ -454,3 +481,15 @@ class Trainer(RunControl):
         )
         if improved:
             self._save(checkpoint.BEST)
+
+    def _write_figures(self) -> None:
+        """The figures of a model's own steps (e.g. a diffusion model's samples), drawn by
+        rank 0 once per evaluation, to TensorBoard and <name>.png in the run directory."""
+        if not self.dist.is_main or not hasattr(self.model, "figures"):
+            return
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            figures = self.model.figures()
+        self.model.train(was_training)
+        records.write_figures(self.writer, self.run_dir, figures, self.progress.epoch)

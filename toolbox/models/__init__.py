@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from toolbox.component import Component
 from toolbox.errors import UserError
@@ -18,6 +18,12 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ModelConfig(Component):
     option_prefix = "--model."
+
+    own_steps: ClassVar[bool] = False
+    """Its module defines its own training and evaluation steps (see toolbox/steps.py), so
+    --criterion is not used."""
+    default_metrics: ClassVar[tuple[str, ...] | None] = None
+    """--metrics of a run that picks this model (None: the usual default)."""
 
     def build(self, info: DatasetInfo) -> nn.Module:
         """The model for inputs of ``info.input_shape`` and ``info.num_outputs`` outputs."""
