@@ -14,7 +14,7 @@ import torch
 from toolbox.datasets import DatasetInfo
 from toolbox.models._diffusion import GaussianDiffusion, UNet, beta_schedule
 from toolbox.models.ddpm import DDPMConfig
-from toolbox.steps import StepOutput, has_custom_steps
+from toolbox.steps import StepOutput, has_own_steps
 
 MNIST_MEAN, MNIST_STD = 0.1307 * 255, 0.3081 * 255
 TINY = DDPMConfig(base_channels=8, timesteps=20, sample_steps=5, num_samples=4)
@@ -168,7 +168,7 @@ def test_samples_are_clipped_to_the_data_range():
 
 def test_training_step_is_finite_and_reaches_every_parameter():
     model = tiny_model((1, 28, 28))
-    assert has_custom_steps(model)
+    assert has_own_steps(model)
     output = model.training_step({"input": torch.randn(4, 1, 28, 28)})
     assert isinstance(output, StepOutput) and output.losses["loss"].shape == ()
     assert torch.isfinite(output.losses["loss"])
