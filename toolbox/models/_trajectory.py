@@ -28,6 +28,9 @@ from toolbox.trajectory import EARTH_RADIUS_M, haversine
 
 KM_PER_DEGREE = math.pi * EARTH_RADIUS_M / 180 / 1000
 """Kilometres per degree of latitude (and of longitude at the equator) on haversine's sphere."""
+Positions = Literal["rotary", "sinusoidal", "learned"]
+"""How the encoder knows each point's index: rotary (RoPE) in every attention, so that
+attention sees how far apart two points are; or a sinusoidal or learned vector added to it."""
 POINT_FEATURES = 3
 """What the encoder reads per point: east and north offsets in km, and 1 if it is hidden."""
 
@@ -54,9 +57,7 @@ def hide_points(
     interior = (positions >= 1) & (positions < lengths[:, None] - 1)  # (B, L)
     counts = (fraction * lengths).round().long().clamp(min=1)
     counts = torch.minimum(counts, (lengths - 2).clamp(min=0))
-    scores = torch.rand(
-        lengths.shape[0], max_length, generator=generator, device=lengths.device
-    )
+    scores = torch.rand(lengths.shape[0], max_length, generator=generator, device=lengths.device)
     # Scores above any draw put the other points last, so the lowest `count` ranks of each row
     # are a uniform draw of `count` interior points (counts never exceed the interior's size).
     scores = torch.where(interior, scores, 2.0)
@@ -108,10 +109,12 @@ class EncoderLayer(nn.Module):
     """Pre-norm transformer layer: self-attention over the valid points, then an MLP, each
     added back through a residual."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: int, dropout: float) -> None:
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: int, dropout: float, rotary: bool
+    ) -> None:
         super().__init__()
         self.attention_norm = nn.LayerNorm(width)
-        self.attention = MultiHeadSelfAttention(width, heads, dropout=dropout)
+        self.attention = MultiHeadSelfAttention(width, heads, dropout=dropout, rotary=rotary)
         self.mlp_norm = nn.LayerNorm(width)
         self.mlp = MLP(width, [mlp_ratio * width], width, activation="gelu", dropout=dropout)
         self.residual_dropout = nn.Dropout(dropout)
@@ -134,11 +137,13 @@ class TrajectoryRecovery(nn.Module):
 
     Steps hide ``mask_fraction`` of each trajectory's points (``hide_points``): training with
     the global RNG, evaluation with a generator seeded with ``eval_seed`` on every call, so
-    that every evaluation hides the same points and its losses compare across epochs (and
-    leave the global RNG, hence a resumed run, untouched). ``loss`` is the mean squared error
-    in km^2 over all hidden points of the batch; ``error_m`` the great-circle distance in
-    metres from each hidden point to its prediction, averaged per trajectory, then over the
-    trajectories that hide a point (nan if none does).
+    that every evaluation of the same batches hides the same points and its losses compare
+    across epochs (and leave the global RNG, hence a resumed run, untouched). Which points a
+    trajectory hides depends on its place in its batch, so on the evaluation batch size.
+
+    ``loss`` is the mean squared error in km^2 over all hidden points of the batch;
+    ``error_m`` the great-circle distance in metres from each hidden point to its prediction,
+    averaged per trajectory, then over the trajectories that hide a point (nan if none does).
     """
 
     loss_names = (MAIN_LOSS, "error_m")
@@ -150,7 +155,7 @@ class TrajectoryRecovery(nn.Module):
         depth: int = 2,
         heads: int = 4,
         mlp_ratio: int = 4,
-        positions: Literal["sinusoidal", "learned"] = "sinusoidal",
+        positions: Positions = "rotary",
         mask_fraction: float = 0.3,
         dropout: float = 0.0,
         eval_seed: int = 0,
@@ -168,10 +173,15 @@ class TrajectoryRecovery(nn.Module):
             self.positional.embedding.weight.no_weight_decay = True
         elif positions == "sinusoidal":
             self.positional = SinusoidalPositionalEncoding(width)
+        elif positions == "rotary":  # in the attention of every layer instead
+            self.positional = nn.Identity()
         else:
-            raise ValueError(f"positions must be 'sinusoidal' or 'learned', got {positions!r}")
+            raise ValueError(
+                f"positions must be 'rotary', 'sinusoidal' or 'learned', got {positions!r}"
+            )
         self.layers = nn.ModuleList(
-            EncoderLayer(width, heads, mlp_ratio, dropout) for _ in range(depth)
+            EncoderLayer(width, heads, mlp_ratio, dropout, rotary=positions == "rotary")
+            for _ in range(depth)
         )
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, 2)

@@ -24,8 +24,8 @@ class TrajectoryRecoveryConfig(ModelConfig):
     """Attention heads per layer; must divide --model.width."""
     mlp_ratio: int = 4
     """Hidden features of each layer's MLP, as a multiple of --model.width."""
-    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
-    """Positional encoding of each point's index: fixed sinusoidal, or learned per index."""
+    positions: Literal["rotary", "sinusoidal", "learned"] = "rotary"
+    """Encoding of each point's index: rotary in attention, or sinusoidal or learned, added."""
     mask_fraction: float = 0.3
     """Fraction of each trajectory's valid points hidden per step, in (0, 1); never its ends."""
     dropout: float = 0.0
@@ -36,13 +36,21 @@ class TrajectoryRecoveryConfig(ModelConfig):
     def problems(self) -> list[str]:
         found = self.not_positive("width", "depth", "heads", "mlp_ratio")
         found += self.not_probability("dropout")
-        if self.width > 0 and self.heads > 0 and self.width % self.heads:
+        sizes_positive = self.width > 0 and self.heads > 0
+        if sizes_positive and self.width % self.heads:
             found.append(
                 f"--model.width is {self.width}, not divisible by --model.heads {self.heads}; "
-                f"each head takes width / heads features, so use e.g. --model.width "
-                f"{self.heads * max(1, round(self.width / self.heads))}."
+                "each head takes width / heads features (an even number for --model.positions "
+                f"rotary), so use e.g. --model.width {self.suggested_width()}."
             )
-        elif self.positions == "sinusoidal" and self.width > 0 and self.width % 2:
+        elif self.positions == "rotary" and sizes_positive and (self.width // self.heads) % 2:
+            found.append(
+                f"--model.width {self.width} / --model.heads {self.heads} is "
+                f"{self.width // self.heads} features per head; --model.positions rotary "
+                "rotates them in pairs, so make it even (e.g. --model.width "
+                f"{self.suggested_width()}) or use --model.positions sinusoidal."
+            )
+        elif self.positions == "sinusoidal" and sizes_positive and self.width % 2:
             found.append(
                 f"--model.width is {self.width}; --model.positions sinusoidal needs an even "
                 "width (sine and cosine pairs): use an even width or --model.positions learned."
@@ -53,6 +61,10 @@ class TrajectoryRecoveryConfig(ModelConfig):
                 "fraction of each trajectory's points to hide (e.g. 0.3)."
             )
         return found
+
+    def suggested_width(self) -> int:
+        """The multiple of 2 * heads nearest to width: an even number of features per head."""
+        return 2 * self.heads * max(1, round(self.width / (2 * self.heads)))
 
     def build(self, info):
         from toolbox.models._trajectory import TrajectoryRecovery
