@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -259,9 +260,9 @@ def test_a_hung_rank_times_out_after_dist_timeout(tmp_path):
     assert "did not answer within --dist-timeout 3 s" in output
 
 
-def test_a_bad_device_under_torchrun_is_one_message_per_rank(tmp_path):
+def test_a_bad_device_under_torchrun_is_a_message_naming_the_rank(tmp_path):
     result = torchrun(*SMALL, "--device", "cuda:1", "--output-dir", str(tmp_path))
     assert result.returncode != 0
-    for rank in (0, 1):
-        assert f"rank {rank}/2: error: --device is 'cuda:1'" in result.stdout + result.stderr
+    # Each rank fails on its own; torchrun may end the second before it prints.
+    assert re.search(r"rank [01]/2: error: --device is 'cuda:1'", result.stdout + result.stderr)
     assert "[rank0]: Traceback" not in result.stdout + result.stderr

@@ -191,8 +191,13 @@ def train_main(argv: list[str]) -> int:
     context = distributed.start(config.device, config.dist_timeout)
     try:
         Trainer(config, command=["train.py", *argv], distributed=context).fit()
-    finally:
-        distributed.stop(context)
+    except RunStopped:
+        distributed.stop(context, together=True)
+        raise
+    except BaseException:
+        distributed.stop(context, together=False)  # the other ranks may be gone
+        raise
+    distributed.stop(context, together=True)
     return 0
 
 

@@ -195,6 +195,11 @@ def start(device_name: str, timeout_s: float) -> Distributed:
     return Distributed(rank, local_rank, world_size, backend, device_name)
 
 
-def stop(context: Distributed) -> None:
+def stop(context: Distributed, together: bool) -> None:
+    """Leaves the process group. ``together``: after a run that ended the same way on every
+    rank (finished, or stopped by an agreed signal), wait for all ranks first, since gloo
+    aborts a process that leaves while another still finishes its records."""
     if context.enabled and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()

@@ -132,12 +132,11 @@ def evaluate(
         totals.add(losses.sum().reshape(1), target.shape[0], output, target)
         if keep_predictions:
             if classification:
-                probabilities = output.softmax(dim=1)
-                probability, prediction = probabilities.max(dim=1)
-                values = {"prediction": prediction, "probability": probability}
+                probability, prediction = output.softmax(dim=1).max(dim=1)
+                values = {"prediction": prediction, "loss": losses, "probability": probability}
+                totals.keep({"target": target, **values})
             else:
-                values = {"prediction": output}
-            totals.keep({**values, "loss": losses, "target": target})
+                totals.keep({"target": target, "prediction": output, "loss": losses})
     model.train(was_training)
     return totals.result(reduce)
 
