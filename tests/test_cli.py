@@ -28,15 +28,18 @@ def help_text(*argv: str) -> str:
     return result.stdout
 
 
-def test_help_does_not_import_torch():
+@pytest.mark.parametrize(
+    ("argv", "exit_code"), [(["--help"], 0), (["--epochs", "0"], 2)], ids=["help", "bad-option"]
+)
+def test_help_and_option_errors_do_not_import_torch(argv, exit_code):
     script = textwrap.dedent(
-        """
+        f"""
         import runpy, sys
-        sys.argv = ["train.py", "--help"]
+        sys.argv = ["train.py", *{argv!r}]
         try:
             runpy.run_path("train.py", run_name="__main__")
         except SystemExit as exit:
-            assert exit.code == 0, exit.code
+            assert exit.code == {exit_code}, exit.code
         print("torch imported:", "torch" in sys.modules)
         """
     )

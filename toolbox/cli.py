@@ -22,6 +22,7 @@ from toolbox.config import (
     with_components,
 )
 from toolbox.errors import ArgumentParser, RunStopped, UserError
+from toolbox.launch import launched_rank, launched_world_size, rank_label
 
 
 def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> TrainingConfig:
@@ -93,7 +94,7 @@ def _latest_checkpoint(output_dir: Path, run_name: str | None) -> Path | None:
     run_dir = output_dir / run_name
     if (run_dir / LAST).exists():
         return run_dir / LAST
-    if run_dir.exists() and os.environ.get("RANK", "0") == "0":
+    if run_dir.exists() and launched_rank() == 0:
         aside = run_dir.with_name(f"{run_name}.no-checkpoint-{datetime.now():%y%m%d_%H%M%S}")
         run_dir.rename(aside)
         print(
@@ -147,8 +148,6 @@ def _refuse_options_of_other_components(argv: list[str], config: TrainingConfig)
 def print_error(message: str) -> None:
     """One user-facing error paragraph on stderr; soft_wrap keeps paths and commands whole
     for copy and paste."""
-    from toolbox.distributed import rank_label
-
     Console(stderr=True, highlight=False).print(
         f"[bold red]{rank_label()}error:[/] {escape(message)}", soft_wrap=True
     )
@@ -174,8 +173,6 @@ def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None)
 
 def train_main(argv: list[str]) -> int:
     if any(arg == "--sweep" or arg.startswith("--sweep=") for arg in argv):
-        from toolbox.distributed import launched_world_size
-
         if launched_world_size() > 1:
             raise UserError(
                 "--sweep runs its runs one after another in one process; under torchrun, "

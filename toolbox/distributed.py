@@ -14,20 +14,10 @@ import torch
 import torch.distributed as dist
 
 from toolbox.errors import UserError
+from toolbox.launch import launched_rank, launched_world_size
 
 # torchrun sets these for every process it starts.
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def launched_world_size() -> int:
-    """The number of processes torchrun started (1 for a plain ``python train.py``)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank_label() -> str:
-    """ "rank R/W: " under torchrun, so a message says which process wrote it; else ""."""
-    world_size = launched_world_size()
-    return f"rank {os.environ.get('RANK', '0')}/{world_size}: " if world_size > 1 else ""
 
 
 @dataclass(frozen=True)
@@ -162,7 +152,7 @@ def start(device_name: str, timeout_s: float) -> Distributed:
             f"WORLD_SIZE is {world_size} but {', '.join(missing)} is not set; start "
             "distributed runs with torchrun (e.g. torchrun --nproc-per-node 2 train.py ...)."
         )
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    rank, local_rank = launched_rank(), int(os.environ["LOCAL_RANK"])
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
     if device_name.startswith("cuda"):
