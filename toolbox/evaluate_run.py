@@ -38,7 +38,6 @@ def evaluate_run(options: EvaluateConfig) -> Path:
     if options.batch_size is not None and options.batch_size < 1:
         raise UserError(f"--batch-size is {options.batch_size}; it must be at least 1.")
     import pandas as pd
-    import torch
     from rich.console import Console
     from rich.table import Table
     from torch.utils.tensorboard import SummaryWriter
@@ -50,7 +49,7 @@ def evaluate_run(options: EvaluateConfig) -> Path:
     from toolbox.metrics import METRICS
     from toolbox.records import write_figures
     from toolbox.runtime import build_model, input_normalizer, resolve_device
-    from toolbox.steps import StepRunner, has_own_steps
+    from toolbox.steps import StepRunner, draw_figures, has_own_steps
 
     path = Path(options.run)
     if path.is_dir():
@@ -93,10 +92,8 @@ def evaluate_run(options: EvaluateConfig) -> Path:
         result = evaluate_own_steps(
             StepRunner(model), loader, loss_names=tuple(model.loss_names), **common
         )
-        if hasattr(model, "figures"):
-            model.eval()
-            with torch.no_grad():
-                figures = model.figures()
+        figures = draw_figures(model)
+        if figures:
             with SummaryWriter(str(out_dir)) as writer:
                 figures = {f"{options.split}_{name}": value for name, value in figures.items()}
                 write_figures(writer, out_dir, figures, state["progress"]["epoch"])

@@ -44,6 +44,19 @@ def has_own_steps(module: Any) -> bool:
     return all(hasattr(module, name) for name in ("training_step", "evaluation_step", "loss_names"))
 
 
+def draw_figures(model: nn.Module) -> dict[str, Any]:
+    """The model's ``figures()``, drawn in eval mode without gradients ({} if it has none);
+    the model is left in the mode it was in."""
+    if not hasattr(model, "figures"):
+        return {}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        figures = model.figures()
+    model.train(was_training)
+    return figures
+
+
 class StepRunner(nn.Module):
     """Runs a model's own steps as its forward pass, so that DDP (whose gradient hooks are
     set up in forward) and torch.compile see them; returns (losses, outputs) as dicts."""

@@ -37,7 +37,7 @@ from toolbox.runtime import (
     resolve_device,
     seed_everything,
 )
-from toolbox.steps import MAIN_LOSS, StepRunner, has_own_steps
+from toolbox.steps import MAIN_LOSS, StepRunner, draw_figures, has_own_steps
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -485,11 +485,6 @@ class Trainer(RunControl):
     def _write_figures(self) -> None:
         """The figures of a model's own steps (e.g. a diffusion model's samples), drawn by
         rank 0 once per evaluation, to TensorBoard and <name>.png in the run directory."""
-        if not self.dist.is_main or not hasattr(self.model, "figures"):
-            return
-        was_training = self.model.training
-        self.model.eval()
-        with torch.no_grad():
-            figures = self.model.figures()
-        self.model.train(was_training)
-        records.write_figures(self.writer, self.run_dir, figures, self.progress.epoch)
+        if self.dist.is_main:
+            figures = draw_figures(self.model)
+            records.write_figures(self.writer, self.run_dir, figures, self.progress.epoch)

@@ -36,8 +36,8 @@ def _check_sequence(x: torch.Tensor, dim: int | None, layer: str) -> None:
         raise ValueError(f"{layer} expects inputs of shape {expected}, got {tuple(x.shape)}")
 
 
-class SinusoidalPositionalEncoding(nn.Module):
-    """Adds the fixed sinusoidal table (see :func:`sinusoidal_table`) to (B, L, dim) inputs."""
+class _Sinusoidal(nn.Module):
+    """A fixed sinusoidal table ``dim`` wide (see :func:`sinusoidal_table`)."""
 
     def __init__(self, dim: int, base: float = 10000.0) -> None:
         super().__init__()
@@ -46,22 +46,18 @@ class SinusoidalPositionalEncoding(nn.Module):
             raise ValueError(f"dim must be even (sin and cos pairs), got {dim}")
         self.dim = dim
         self.base = base
+
+
+class SinusoidalPositionalEncoding(_Sinusoidal):
+    """Adds the fixed sinusoidal table (see :func:`sinusoidal_table`) to (B, L, dim) inputs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_sequence(x, self.dim, type(self).__name__)
         return x + sinusoidal_table(x.shape[1], self.dim, self.base, device=x.device, dtype=x.dtype)
 
 
-class ConcatSinusoidalPositionalEncoding(nn.Module):
+class ConcatSinusoidalPositionalEncoding(_Sinusoidal):
     """Appends a ``dim``-wide sinusoidal table to the features: (B, L, F) -> (B, L, F + dim)."""
-
-    def __init__(self, dim: int, base: float = 10000.0) -> None:
-        super().__init__()
-        check_positive("dim", dim)
-        if dim % 2:
-            raise ValueError(f"dim must be even (sin and cos pairs), got {dim}")
-        self.dim = dim
-        self.base = base
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_sequence(x, None, type(self).__name__)
