@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from toolbox.datasets import DatasetInfo
+from toolbox.errors import UserError
 from toolbox.models._diffusion import GaussianDiffusion, UNet, beta_schedule
 from toolbox.models.ddpm import DDPMConfig
 from toolbox.steps import StepOutput, has_own_steps
@@ -22,7 +23,14 @@ TINY = DDPMConfig(base_channels=8, timesteps=20, sample_steps=5, num_samples=4)
 
 def tiny_model(shape=(1, 8, 8), **changes):
     config = dataclasses.replace(TINY, **changes)
-    info = DatasetInfo("classification", shape, 10, mean=(MNIST_MEAN,), std=(MNIST_STD,))
+    info = DatasetInfo(
+        "classification",
+        shape,
+        10,
+        mean=(MNIST_MEAN,),
+        std=(MNIST_STD,),
+        value_range=(0.0, 255.0),
+    )
     torch.manual_seed(0)
     return config.build(info)
 
@@ -214,6 +222,15 @@ def test_samples_map_the_pixel_range_to_the_unit_range():
     low, high = model.clip_range()
     pixels = model.to_unit_range(torch.cat([low, high]).view(2, 1, 1, 1))
     assert pixels.flatten().tolist() == pytest.approx([0.0, 1.0])
+
+
+def test_pixel_range_defaults_to_the_datasets_and_is_asked_for_where_it_has_none():
+    assert tiny_model().pixel_range == (0.0, 255.0)
+    assert tiny_model(pixel_range=(0.0, 16.0)).pixel_range == (0.0, 16.0)
+    unbounded = DatasetInfo("regression", (1, 8, 8), 1)
+    with pytest.raises(UserError, match=r"--model.pixel-range LOW HIGH"):
+        TINY.build(unbounded)
+    assert DDPMConfig(pixel_range=(-1.0, 1.0)).build(unbounded).pixel_range == (-1.0, 1.0)
 
 
 def test_checkpoint_holds_only_the_network():

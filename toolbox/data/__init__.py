@@ -1,1 +1,2 @@
-"""Batching the in-memory splits: on the device, or through a torch DataLoader."""
+"""The data path: splitting the in-memory datasets and batching them, on the device or through
+a torch DataLoader."""

@@ -28,6 +28,9 @@ class DatasetInfo:
     std: tuple[float, ...] = (1.0,)
     """Per-channel standard deviation of the stored inputs."""
     class_names: tuple[str, ...] = ()
+    value_range: tuple[float, float] | None = None
+    """Lowest and highest value a stored input can take (0 and 255 for 8-bit pixels), where
+    the inputs are bounded; generative models clip their samples to it."""
 
 
 @dataclass

@@ -24,13 +24,13 @@ class _CIFARFormat(FileDatasetConfig):
         import torchvision
         from torchvision.datasets.utils import download_and_extract_archive
 
+        from toolbox.data.splits import hold_out
         from toolbox.datasets._cache import load_or_decode
         from toolbox.datasets._files import (
             missing_files_error,
             read_cifar_batches,
             unpickle_cifar,
         )
-        from toolbox.datasets._split import hold_out
 
         source = getattr(torchvision.datasets, self.torchvision_class)
         folder = Path(self.root) / source.base_folder
@@ -76,6 +76,7 @@ class _CIFARFormat(FileDatasetConfig):
             mean=self.channel_mean,
             std=self.channel_std,
             class_names=tuple(classes),
+            value_range=(0.0, 255.0),
         )
         return DatasetSplits(info, train, val, test)
 

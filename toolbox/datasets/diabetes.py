@@ -30,7 +30,7 @@ class Diabetes(DatasetConfig):
         import torch
         from sklearn.datasets import load_diabetes
 
-        from toolbox.datasets._split import hold_out
+        from toolbox.data.splits import hold_out
 
         # Unscaled measurements (age in years, BMI, ...): normalised below with the training
         # split's own statistics, so nothing is learnt from the held-out patients.

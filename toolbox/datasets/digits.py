@@ -23,7 +23,7 @@ class Digits(DatasetConfig):
         import torch
         from sklearn.datasets import load_digits
 
-        from toolbox.datasets._split import hold_out
+        from toolbox.data.splits import hold_out
 
         digits = load_digits()
         # Pixel values are integers 0..16; uint8 keeps them exact and small.
@@ -39,5 +39,6 @@ class Digits(DatasetConfig):
             mean=(pixels.mean().item(),),
             std=(pixels.std().item(),),
             class_names=tuple(str(digit) for digit in range(10)),
+            value_range=(0.0, 16.0),
         )
         return DatasetSplits(info, train, val, test)

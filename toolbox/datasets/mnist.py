@@ -20,9 +20,9 @@ class _MNISTFormat(FileDatasetConfig):
     def build(self) -> DatasetSplits:
         import torchvision
 
+        from toolbox.data.splits import hold_out
         from toolbox.datasets._cache import load_or_decode
         from toolbox.datasets._files import fetch_idx_files, read_idx
-        from toolbox.datasets._split import hold_out
 
         source = getattr(torchvision.datasets, self.torchvision_class)
         folder = Path(self.root) / self.torchvision_class / "raw"
@@ -68,6 +68,7 @@ class _MNISTFormat(FileDatasetConfig):
             mean=(self.pixel_mean,),
             std=(self.pixel_std,),
             class_names=tuple(source.classes),
+            value_range=(0.0, 255.0),
         )
         return DatasetSplits(info, train, val, decoded["test"])
 

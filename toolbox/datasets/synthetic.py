@@ -44,7 +44,7 @@ class Synthetic(DatasetConfig):
     def build(self) -> DatasetSplits:
         import torch
 
-        from toolbox.datasets._split import hold_out
+        from toolbox.data.splits import hold_out
 
         generator = torch.Generator().manual_seed(self.seed)
         width = math.prod(self.input_shape)

@@ -82,7 +82,7 @@ class Trajectories(DatasetConfig):
     def build(self) -> DatasetSplits:
         import torch
 
-        from toolbox.datasets._split import hold_out
+        from toolbox.data.splits import hold_out
         from toolbox.trajectory import EARTH_RADIUS_M, crop_or_pad
 
         generator = torch.Generator().manual_seed(self.seed)

@@ -4,6 +4,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from toolbox.errors import UserError
 from toolbox.models import ModelConfig, register_model
 
 NORM_GROUPS = 8
@@ -35,8 +36,9 @@ class DDPMConfig(ModelConfig):
     """Noise of the ddim sampler, in [0, 1]: 0 deterministic, 1 the variance of ddpm."""
     num_samples: int = 64
     """Samples in the grid that each evaluation draws, 8 per row."""
-    pixel_range: tuple[float, float] = (0.0, 255.0)
-    """Stored values of black and white: 0 255 for 8-bit images, 0 16 for digits; clips samples."""
+    pixel_range: tuple[float, float] | None = None
+    """Stored values of black and white, to which samples are clipped (None: the dataset's, e.g.
+    0 255 for 8-bit images, 0 16 for digits)."""
 
     def problems(self) -> list[str]:
         found = self.not_positive("base_channels", "timesteps", "sample_steps", "num_samples")
@@ -61,7 +63,7 @@ class DDPMConfig(ModelConfig):
                 f"--model.ddim-eta is {self.ddim_eta}, but --model.sampler ddpm ignores it; "
                 "use --model.sampler ddim, or leave --model.ddim-eta at 0."
             )
-        low, high = self.pixel_range
+        low, high = self.pixel_range or (0.0, 1.0)  # None takes the dataset's range
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             found.append(
                 f"--model.pixel-range is {list(self.pixel_range)}; give the lowest stored pixel "
@@ -73,6 +75,13 @@ class DDPMConfig(ModelConfig):
         from toolbox.models._diffusion import DDPM, GaussianDiffusion, UNet
 
         in_channels, height, width = self.image_shape(info)
+        pixel_range = self.pixel_range or info.value_range
+        if pixel_range is None:
+            raise UserError(
+                "--arch ddpm needs the range of the pixel values to clip its samples to, and "
+                "this dataset does not give one (DatasetInfo.value_range); pass it with "
+                "--model.pixel-range LOW HIGH (e.g. --model.pixel-range 0 255 for 8-bit images)."
+            )
         unet = UNet(
             in_channels, self.base_channels, attention=self.attention, norm_groups=NORM_GROUPS
         )
@@ -82,7 +91,7 @@ class DDPMConfig(ModelConfig):
             image_shape=(in_channels, height, width),
             mean=info.mean,
             std=info.std,
-            pixel_range=self.pixel_range,
+            pixel_range=pixel_range,
             sampler=self.sampler,
             sample_steps=self.sample_steps,
             ddim_eta=self.ddim_eta,
