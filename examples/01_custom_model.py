@@ -1,7 +1,7 @@
 """A new model defined in your own script: register it, then train it with the toolbox.
 
 Shows: a model config (a frozen dataclass whose field docstrings become --help), registered
-with @register_model, trained by train.py's own entry point called in-process.
+with @register_model, trained by train.py's own entry point called in-process (script_main).
 
 Usage (from the repository root; any train.py option may follow, later ones win):
 
@@ -13,15 +13,16 @@ Usage (from the repository root; any train.py option may follow, later ones win)
 Registering from a script works: a registry imports the modules of its own package
 (toolbox/models/*.py) on its first lookup, when the command line is parsed, and adds them to
 what is already registered. So `res_mlp` is one of --arch's choices here, and only here:
-train.py and test.py do not know it (the "python test.py" hint printed at the end does not
-apply), so evaluate the run and resume it (`... --resume outputs/<run>/checkpoint.pth.tar`)
-through this script. To make it a built-in, move the class into toolbox/models/res_mlp.py.
+train.py and test.py do not know it, so evaluate the run and resume it (`... --resume
+outputs/<run>/checkpoint.pth.tar`) through this script, as the commands it prints say
+(script_main names the script in them). To make it a built-in, move the class into
+toolbox/models/res_mlp.py.
 """
 
 import sys
 from dataclasses import dataclass
 
-from toolbox.cli import run_cli, test_main, train_main
+from toolbox.cli import script_main
 from toolbox.models import ModelConfig, register_model
 
 
@@ -68,8 +69,4 @@ class ResidualMLP(ModelConfig):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["test"]:
-        sys.exit(run_cli(test_main, sys.argv[2:]))
-    # The defaults of this example come first, so that the user's flags override them.
-    defaults = "--arch res_mlp --dataset digits --epochs 5".split()
-    sys.exit(run_cli(train_main, [*defaults, *sys.argv[1:]]))
+    sys.exit(script_main("--arch res_mlp --dataset digits --epochs 5".split()))

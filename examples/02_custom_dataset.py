@@ -19,7 +19,7 @@ through it, or move the class into toolbox/datasets/moons.py to make it a built-
 import sys
 from dataclasses import dataclass
 
-from toolbox.cli import run_cli, test_main, train_main
+from toolbox.cli import script_main
 from toolbox.datasets import DatasetConfig, DatasetInfo, DatasetSplits, register_dataset
 
 
@@ -47,7 +47,7 @@ class Moons(DatasetConfig):
         import torch
         from sklearn.datasets import make_moons
 
-        from toolbox.datasets._split import hold_out
+        from toolbox.data.splits import hold_out
 
         # The split seed also seeds the points, so a run is reproduced from its config alone.
         points, labels = make_moons(
@@ -73,7 +73,4 @@ class Moons(DatasetConfig):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["test"]:
-        sys.exit(run_cli(test_main, sys.argv[2:]))
-    defaults = "--arch mlp --dataset moons --epochs 5 --optim.lr 0.01".split()
-    sys.exit(run_cli(train_main, [*defaults, *sys.argv[1:]]))
+    sys.exit(script_main("--arch mlp --dataset moons --epochs 5 --optim.lr 0.01".split()))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch  # at the top here; in a package, modules go in a _file.py so --help stays fast
 from torch import nn
 
-from toolbox.cli import run_cli, test_main, train_main
+from toolbox.cli import script_main
 from toolbox.models import ModelConfig, register_model
 from toolbox.steps import MAIN_LOSS, StepOutput
 
@@ -79,7 +79,5 @@ class AEClassifierConfig(ModelConfig):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["test"]:
-        sys.exit(run_cli(test_main, sys.argv[2:]))
-    defaults = "--arch ae_classifier --dataset digits --epochs 5 --optim.lr 3e-3".split()
-    sys.exit(run_cli(train_main, [*defaults, *sys.argv[1:]]))
+    defaults = "--arch ae_classifier --dataset digits --epochs 5 --optim.lr 3e-3"
+    sys.exit(script_main(defaults.split()))

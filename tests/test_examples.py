@@ -7,6 +7,7 @@ without anyone writing its test; EXPECTED adds what each known one must log and 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -114,3 +115,32 @@ def test_example_help_lists_its_component(example):
     expected = EXPECTED.get(example.name)
     for text in expected.help_shows if expected else ():
         assert text in shown.stdout, f"{text} missing from {example.name} --help"
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.stem)
+def test_the_commands_an_example_prints_evaluate_and_resume_its_run(example, finished_runs):
+    # train.py and test.py do not know an example's own components: the hints must name it.
+    code, run_dir, output = finished_runs[example.name]
+    assert code == 0, output
+    log = (run_dir / "training.log").read_text()
+    hint = re.search(r"Evaluate on the test split with: python (.+) test (\S+)$", log, re.M)
+    assert hint is not None and hint.groups() == (str(example), str(run_dir)), log
+    evaluated = subprocess.run(
+        [sys.executable, str(example), "test", str(run_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert (run_dir / "test" / "test_metrics.csv").exists()
+    resumed = subprocess.run(
+        [sys.executable, str(example), "--resume", str(run_dir / "checkpoint.pth.tar")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # The run is complete, so resuming it is refused, but by the toolbox, knowing the model.
+    assert resumed.returncode == 2, resumed.stderr
+    assert "has already trained 5 of --epochs 5" in resumed.stderr

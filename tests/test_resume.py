@@ -29,6 +29,10 @@ def assert_same_weights(run_a: Path, run_b: Path) -> None:
     assert a["model"].keys() == b["model"].keys()
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+    # The moving average of the weights (--ema-decay), when the runs keep one.
+    assert (a.get("ema") is None) == (b.get("ema") is None)
+    for key, value in (a.get("ema") or {}).items():
+        assert torch.equal(value, b["ema"][key]), f"ema {key}"
     assert a["progress"]["step"] == b["progress"]["step"]
 
 

@@ -171,7 +171,10 @@ def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None)
         return 0
 
 
-def train_main(argv: list[str]) -> int:
+def train_main(argv: list[str], program: str = "train.py", test_program: str = "test.py") -> int:
+    """train.py's work. ``program`` and ``test_program`` are the scripts (and leading arguments)
+    that messages and records name for resuming and evaluating the run: a script that
+    registers components of its own passes itself, since train.py does not know them."""
     if any(arg == "--sweep" or arg.startswith("--sweep=") for arg in argv):
         if launched_world_size() > 1:
             raise UserError(
@@ -180,14 +183,19 @@ def train_main(argv: list[str]) -> int:
             )
         from toolbox.sweep import run_sweep
 
-        return run_sweep(argv)
-    config = parse_training_config(argv)
+        return run_sweep(argv, program, test_program)
+    config = parse_training_config(argv, prog=program)
     from toolbox import distributed
     from toolbox.trainer import Trainer
 
     context = distributed.start(config.device, config.dist_timeout)
     try:
-        Trainer(config, command=["train.py", *argv], distributed=context).fit()
+        Trainer(
+            config,
+            command=[program, *argv],
+            test_program=test_program,
+            distributed=context,
+        ).fit()
     except RunStopped:
         distributed.stop(context, together=True)
         raise
@@ -198,11 +206,26 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
-def test_main(argv: list[str]) -> int:
+def test_main(argv: list[str], program: str = "test.py") -> int:
     from toolbox.evaluate_run import EvaluateConfig
 
-    config = tyro.cli(EvaluateConfig, args=argv, prog="test.py")
+    config = tyro.cli(EvaluateConfig, args=argv, prog=program)
     from toolbox.evaluate_run import evaluate_run
 
     evaluate_run(config)
     return 0
+
+
+def script_main(defaults: Sequence[str], argv: Sequence[str] | None = None) -> int:
+    """The entry point of a script that registers components of its own (see examples/), which
+    train.py and test.py do not know: ``SCRIPT [options]`` trains, ``defaults`` coming before
+    the options so that these win, and ``SCRIPT test RUN [options]`` evaluates. Messages and
+    run.json name the script for resuming and evaluating."""
+    script = sys.argv[0]
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["test"]:
+        return run_cli(lambda args: test_main(args, f"{script} test"), argv[1:])
+    return run_cli(
+        lambda args: train_main(args, program=script, test_program=f"{script} test"),
+        [*defaults, *argv],
+    )

@@ -95,6 +95,10 @@ class TrainingConfig:
     """Batches whose gradients are summed into one optimizer step."""
     clip_grad: float | None = None
     """Clip the gradients' global L2 norm to this value before each step (None: no clipping)."""
+    ema_decay: float | None = None
+    """Evaluate, sample from and test an exponential moving average of the weights, updated
+    after each optimizer step with this decay (e.g. 0.999, about the last 1000 steps; None:
+    the trained weights)."""
     seed: int = 0
     """Seed of python, numpy and torch random number generators."""
     device: str = "auto"
@@ -207,6 +211,11 @@ def problems(config: TrainingConfig) -> list[str]:
 
     if not 0 <= config.seed < 2**32:
         found.append(f"--seed is {config.seed}; it must be in [0, 2**32) (numpy's range).")
+    if config.ema_decay is not None and not 0 < config.ema_decay < 1:
+        found.append(
+            f"--ema-decay is {config.ema_decay}; give a decay in (0, 1), e.g. 0.999 (an average "
+            "over about the last 1000 steps), or None for no average."
+        )
     if config.clip_grad is not None and not config.clip_grad > 0:
         found.append(f"--clip-grad is {config.clip_grad}; give a positive norm (e.g. 1.0) or None.")
     if not DEVICE_PATTERN.fullmatch(config.device):
@@ -354,6 +363,7 @@ FIXED_ON_RESUME = (
     "metrics",
     "monitor",
     "seed",
+    "ema_decay",
     "output_dir",
     "run_name",
 )

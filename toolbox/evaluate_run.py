@@ -27,6 +27,9 @@ class EvaluateConfig:
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps."""
     batch_size: int | None = None
     """Evaluation batch size, in samples (None: the run's --eval-batch-size)."""
+    ema: bool = True
+    """Evaluate the moving average of the weights of a run trained with --ema-decay, as its
+    own evaluations did (--no-ema: the trained weights)."""
 
 
 def evaluate_run(options: EvaluateConfig) -> Path:
@@ -70,7 +73,9 @@ def evaluate_run(options: EvaluateConfig) -> Path:
     splits = config.data.build()
     info = splits.info
     model = build_model(config, info, device)
-    checkpoint.load_model_state(model, state["model"], str(checkpoint_path), strict=True)
+    averaged = options.ema and state.get("ema") is not None
+    weights = state["ema"] if averaged else state["model"]
+    checkpoint.load_model_state(model, weights, str(checkpoint_path), strict=True)
     metrics = {name: METRICS.get(name)() for name in config.metrics}
     loader = make_loader(
         splits.split(options.split),
@@ -121,7 +126,8 @@ def evaluate_run(options: EvaluateConfig) -> Path:
     console.print(
         f"{config.arch} on {config.dataset}, {options.split} split "
         f"({len(predictions['index']):,} samples), {checkpoint_path} "
-        f"(epoch {progress['epoch']}, step {progress['step']})"
+        f"(epoch {progress['epoch']}, step {progress['step']}"
+        f"{', moving average of the weights' if averaged else ''})"
     )
     table = Table()
     table.add_column("metric")

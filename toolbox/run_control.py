@@ -66,6 +66,13 @@ class RunControl:
             {key: value for key, value in group.items() if key != "params"}
             for group in self.optimizer.param_groups
         ]
+        if self.ema is not None:
+            checkpoint.load_model_state(
+                self.ema.module,
+                state.get("ema") or {},
+                f"--resume {self.config.resume} (its --ema-decay average)",
+                strict=True,
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         saved_lr = from_plain(state["config"]).optim.lr
@@ -220,6 +227,7 @@ class RunControl:
             "run_id": self.record.run_id,
             "config": to_plain(self.config),
             "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -282,11 +290,12 @@ class RunControl:
         name = signal.Signals(self.stop_signal).name
         position = self.train_loader.state_dict()["next_batch"]
         self.logger.info(
-            "stopped by %s after step %d (epoch %d%s); continue with: python train.py --resume %s",
+            "stopped by %s after step %d (epoch %d%s); continue with: python %s --resume %s",
             name,
             self.progress.step,
             self.progress.epoch + (1 if position else 0),
             f", batch {position} of {len(self.train_loader)}" if position else " done",
+            self.program,
             self.run_dir / checkpoint.LAST,
         )
         raise RunStopped(f"stopped by {name}", 128 + self.stop_signal)

@@ -176,16 +176,18 @@ def _show(console: Console, table: pd.DataFrame, title: str) -> None:
     console.print(view)
 
 
-def run_sweep(argv: list[str]) -> int:
+def run_sweep(argv: list[str], program: str = "train.py", test_program: str = "test.py") -> int:
+    """Trains the grid of ``--sweep`` one run after another; ``program`` and ``test_program``
+    as for train_main."""
     console = Console(highlight=False, markup=False, soft_wrap=True)  # paths stay whole
-    parser = ArgumentParser(prog="train.py")
+    parser = ArgumentParser(prog=program)
     parser.add_argument("--sweep", action="append", default=[])
     parser.add_argument("--output-dir", "--output_dir", type=Path, default=Path("outputs"))
     parser.add_argument("--run-name", "--run_name")
     parser.add_argument("--resume")
     args, base = parser.parse_known_args(argv)
     if {"-h", "--help"} & set(base):
-        parse_training_config(base)  # prints the help and exits
+        parse_training_config(base, prog=program)  # prints the help and exits
     if args.resume is not None:
         raise UserError(
             "--resume and --sweep exclude each other: run the same sweep again (same "
@@ -250,7 +252,7 @@ def run_sweep(argv: list[str]) -> int:
             else:
                 console.print(f"{label}: starting")
             try:
-                train_main(run_argv)
+                train_main(run_argv, program, test_program)
             except (UserError, torch.OutOfMemoryError) as error:  # this run's problem only
                 failed.add(name)
                 print_error(str(error))

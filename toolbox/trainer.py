@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import signal
 import threading
 import time
@@ -14,6 +15,7 @@ import torch
 from rich.console import Console
 
 from toolbox import checkpoint, records
+from toolbox.averaging import WeightAverage
 from toolbox.config import TrainingConfig, to_plain
 from toolbox.data.augment import BatchAugment
 from toolbox.data.loaders import make_loader, to_device
@@ -51,9 +53,14 @@ class Trainer(RunControl):
         console: Console | None = None,
         command: list[str] | None = None,
         distributed: Distributed | None = None,
+        test_program: str = "test.py",
     ) -> None:
+        """``command`` is the script and its arguments, as the user ran them (for run.json and
+        the resume hints); ``test_program`` the script the final hint says evaluates the run."""
         self.config = config
         self.command = command
+        self.program = shlex.quote(command[0]) if command else "train.py"
+        self.test_program = test_program
         self.dist = distributed or Distributed()
         # Only rank 0 prints and writes the run directory; the others stay quiet.
         self.console = console or Console(quiet=not self.dist.is_main)
@@ -88,6 +95,8 @@ class Trainer(RunControl):
                 f"--init-from {config.init_from}",
                 strict=False,
             )
+        # Before a resume restores the average: a new run's average starts at the weights.
+        self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
         self.own_steps = has_own_steps(self.model)
         self.loss_names = tuple(self.model.loss_names) if self.own_steps else (MAIN_LOSS,)
         self.criterion = config.loss.build().to(self.device)
@@ -157,6 +166,12 @@ class Trainer(RunControl):
         self.ddp = wrap_in_ddp(step_module, self.device) if self.dist.enabled else None
         train_module = self.ddp or step_module
         self.forward_model = torch.compile(train_module) if config.compile else train_module
+        # Evaluations (and figures) see the average, when there is one, as test.py does.
+        self.evaluated_model = self.model if self.ema is None else self.ema.module
+        if self.ema is None:
+            self.eval_forward = self.forward_model
+        else:
+            self.eval_forward = StepRunner(self.ema.module) if self.own_steps else self.ema.module
         self.signal_received: int | None = None
         """The last stop signal this process received."""
         self.stop_signal: int | None = None
@@ -250,8 +265,8 @@ class Trainer(RunControl):
             resume_from = self.run_dir / checkpoint.LAST
             if resume_from.exists():
                 self.logger.info(
-                    "interrupted; continue from the last checkpoint with: "
-                    "python train.py --resume %s",
+                    "interrupted; continue from the last checkpoint with: python %s --resume %s",
+                    self.program,
                     resume_from,
                 )
             raise
@@ -270,12 +285,13 @@ class Trainer(RunControl):
         best = self.progress.best_value
         self.logger.info(
             "done: %d epochs in %s; best %s %s at epoch %s. Evaluate on the test split with: "
-            "python test.py %s",
+            "python %s %s",
             self.progress.epoch,
             format_duration(self.progress.elapsed_s),
             config.monitor,
             "n/a" if best is None else f"{best:.4f}",
             self.progress.best_epoch,
+            self.test_program,
             self.run_dir,
         )
         close_logging(self.logger)
@@ -384,6 +400,8 @@ class Trainer(RunControl):
             if config.sched.interval == "step":
                 self.scheduler.step()
             progress.step += 1
+            if self.ema is not None:
+                self.ema.update(self.model, progress.step)
             display.advance()
             if config.compile and not self.compiled_warm:
                 # The first step compiles; time it apart so throughput figures exclude it.
@@ -417,7 +435,7 @@ class Trainer(RunControl):
 
     def _evaluate_and_record(self, train_losses: dict[str, float], display) -> None:
         config, progress = self.config, self.progress
-        self.dist.sync_buffers(self.model)
+        self.dist.sync_buffers(self.evaluated_model)
         common = {
             "normalizer": self.normalizer,
             "metrics": self.metrics,
@@ -427,12 +445,12 @@ class Trainer(RunControl):
         }
         if self.own_steps:
             result = evaluate_own_steps(
-                self.forward_model, self.val_loader, loss_names=self.loss_names, **common
+                self.eval_forward, self.val_loader, loss_names=self.loss_names, **common
             )
             self._write_figures()
         else:
             result = evaluate(
-                self.forward_model,
+                self.eval_forward,
                 self.val_loader,
                 criterion=self.criterion,
                 classification=self.splits.info.task == "classification",
@@ -486,5 +504,5 @@ class Trainer(RunControl):
         """The figures of a model's own steps (e.g. a diffusion model's samples), drawn by
         rank 0 once per evaluation, to TensorBoard and <name>.png in the run directory."""
         if self.dist.is_main:
-            figures = draw_figures(self.model)
+            figures = draw_figures(self.evaluated_model)
             records.write_figures(self.writer, self.run_dir, figures, self.progress.epoch)
