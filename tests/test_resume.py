@@ -324,3 +324,20 @@ def test_deterministic_runs_repeat_exactly(train, tmp_path):
     assert rows_without_timing(tmp_path / "outputs" / "a") == rows_without_timing(
         tmp_path / "outputs" / "b"
     )
+
+
+def test_a_checkpoint_from_before_named_losses_resumes_exactly(train, tmp_path, signal_at_step):
+    # Checkpoints written before models had their own steps kept one epoch_loss_sum and no
+    # "ema" entry; such a run must still continue, to the same result.
+    outputs = tmp_path / "outputs"
+    assert train(*EXACT, "--run-name", "straight") == 0
+    signal_at_step(12)
+    assert train(*EXACT, "--run-name", "old") == 128 + signal.SIGTERM
+    path = outputs / "old" / "checkpoint.pth.tar"
+    state = torch.load(path, weights_only=True)
+    state["progress"]["epoch_loss_sum"] = state["progress"].pop("epoch_loss_sums")["loss"]
+    del state["ema"]
+    torch.save(state, path)
+    assert train("--resume", str(path)) == 0
+    assert_same_weights(outputs / "straight", outputs / "old")
+    assert rows_without_timing(outputs / "straight") == rows_without_timing(outputs / "old")

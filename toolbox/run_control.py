@@ -22,6 +22,7 @@ from toolbox.run import (
     write_json,
 )
 from toolbox.runtime import rng_state, set_rng_state
+from toolbox.steps import MAIN_LOSS
 
 
 @dataclass
@@ -48,6 +49,14 @@ class Progress:
     """The learning-rate factor last read from runtime.json."""
     steps_per_epoch: int = 0
     """Optimizer steps per epoch when saved (it changes with the number of processes)."""
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> Progress:
+        """The progress a checkpoint holds, from this version or an earlier one."""
+        saved = dict(saved)
+        if "epoch_loss_sum" in saved:  # before named losses: the main loss alone
+            saved["epoch_loss_sums"] = {MAIN_LOSS: saved.pop("epoch_loss_sum")}
+        return cls(**saved)
 
 
 class RunControl:
@@ -80,7 +89,7 @@ class RunControl:
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.train_loader.load_state_dict(state["loader"])
-        self.progress = Progress(**state["progress"])
+        self.progress = Progress.from_saved(state["progress"])
         ranks = state.get("ranks") or [{"rng": state["rng"], "augment": state.get("augment")}]
         if len(ranks) == self.dist.world_size:
             own = ranks[self.dist.rank]
