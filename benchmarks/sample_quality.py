@@ -67,10 +67,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise")
     parser.add_argument("--batch-size", type=int, default=250, help="samples drawn at once")
     parser.add_argument("--no-ema", action="store_true", help="the trained weights, not the EMA")
+    parser.add_argument("--sampler", choices=["ddpm", "ddim"], help="instead of the run's")
+    parser.add_argument("--sample-steps", type=int, help="instead of the run's")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    ddpm, ddpm_config, _, averaged = load_run(args.ddpm_run, device, ema=not args.no_ema)
+    ddpm, _, _, averaged = load_run(args.ddpm_run, device, ema=not args.no_ema)
+    # Sampling options change no weight, so any trained model can be sampled either way.
+    ddpm.sampler = args.sampler or ddpm.sampler
+    ddpm.sample_steps = args.sample_steps or ddpm.sample_steps
     classifier, classifier_config, splits, _ = load_run(args.classifier_run, device)
     normalize = input_normalizer(classifier_config, splits.info, device)
 
@@ -89,8 +94,8 @@ def main() -> None:
     real = classify(splits.test["input"][: args.samples].to(device))
 
     print(
-        f"{args.samples} samples of {args.ddpm_run} ({ddpm_config.model.sampler}, "
-        f"{ddpm_config.model.sample_steps} steps{', EMA weights' if averaged else ''}) and "
+        f"{args.samples} samples of {args.ddpm_run} ({ddpm.sampler}, {ddpm.sample_steps} "
+        f"steps{', EMA weights' if averaged else ''}) and "
         f"{args.samples} real test images, classified by {args.classifier_run}"
     )
     results = {"samples": scores(torch.cat(drawn)), "real": scores(real)}

@@ -631,7 +631,8 @@ def changed(hint, default):
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
             return (*(default or ()), changed(args[0], None))
-        return tuple(changed(arg, value) for arg, value in zip(args, default, strict=True))
+        values = default if default is not None else (None,) * len(args)
+        return tuple(changed(arg, value) for arg, value in zip(args, values, strict=True))
     if hint is bool:
         return not default
     if hint is int:

@@ -8,7 +8,9 @@ import csv
 import signal
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.test_distributed import torchrun
@@ -62,6 +64,21 @@ def test_a_diffusion_model_trains_through_its_own_steps(train, evaluate, tmp_pat
         predictions = list(csv.DictReader(file))
     assert len(predictions) == 359 and {"loss", "timestep"} <= set(predictions[0])
     assert (run_dir / "test" / "test_samples.png").exists()
+
+
+def test_figures_come_from_the_weight_average_as_in_test_py(train, evaluate, tmp_path):
+    # The trainer's last grid and test.py's grid of the same checkpoint: the same seeded
+    # noise through the same (averaged) weights, so the same pixels.
+    assert train(*DDPM, "--ema-decay", "0.9", "--output-dir", str(tmp_path), "--run-name", "e") == 0
+    run_dir = tmp_path / "e"
+
+    def test_py_grid(*flags: str) -> np.ndarray:
+        assert evaluate(str(run_dir), "--checkpoint", "last", *flags) == 0
+        return np.asarray(Image.open(run_dir / "test" / "test_samples.png"))
+
+    trained_grid = np.asarray(Image.open(run_dir / "samples.png"))
+    assert np.array_equal(test_py_grid(), trained_grid)
+    assert not np.array_equal(test_py_grid("--no-ema"), trained_grid)
 
 
 def test_own_steps_resume_exactly(train, tmp_path, signal_at_step):
