@@ -55,36 +55,50 @@ def test_the_examples_are_there():
     assert set(EXPECTED) <= set(names), "EXPECTED names an example that is gone"
 
 
-@pytest.fixture(scope="module")
-def finished_runs(tmp_path_factory) -> dict[str, tuple[int, Path, str]]:
-    """Runs every example at once, as `python examples/<file> --output-dir ... --device cpu`;
-    returns each one's exit code, run directory and output.
+def run_at_once(commands: dict[str, list[str]], out: Path) -> dict[str, tuple[int, str]]:
+    """Runs the commands (each an argv after `python`) side by side from the repository root;
+    returns each one's exit code and output (stdout and stderr).
 
     Each spends most of its ~12 s of CPU importing torch and scikit-learn, so they overlap on
     2 cores; one thread each keeps the tiny models' matmuls from fighting over the cores.
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     started = {}
-    for path in EXAMPLES:
-        out = tmp_path_factory.mktemp(path.stem)
-        log = (out / "output.txt").open("w")
-        argv = ["--output-dir", str(out), "--device", "cpu", "--run-name", RUN_NAME]
+    for name, argv in commands.items():
+        log_path = out / f"{name}.output.txt"
+        log = log_path.open("w")
         process = subprocess.Popen(
-            [sys.executable, str(path), *argv], cwd=REPO, env=env, stdout=log, stderr=log
+            [sys.executable, *argv], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
         )
-        started[path.name] = (process, out, log)
+        started[name] = (process, log, log_path)
     results = {}
     try:
-        for name, (process, out, _log) in started.items():
+        for name, (process, log, log_path) in started.items():
             code = process.wait(timeout=300)
-            results[name] = (code, out / RUN_NAME, (out / "output.txt").read_text())
+            log.close()
+            results[name] = (code, log_path.read_text())
     finally:
-        for process, _, log in started.values():
+        for process, log, _ in started.values():
             if process.poll() is None:  # a wait above timed out: leave nothing running
                 process.kill()
                 process.wait()
             log.close()
     return results
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory) -> dict[str, tuple[int, Path, str]]:
+    """Runs every example at once, as `python examples/<file> --output-dir ... --device cpu`;
+    returns each one's exit code, run directory and output."""
+    out = tmp_path_factory.mktemp("examples")
+    argv = ["--output-dir", str(out), "--device", "cpu"]
+    commands = {
+        path.name: [str(path), *argv, "--run-name", f"{path.stem}-{RUN_NAME}"] for path in EXAMPLES
+    }
+    return {
+        name: (code, out / f"{Path(name).stem}-{RUN_NAME}", output)
+        for name, (code, output) in run_at_once(commands, out).items()
+    }
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.stem)
@@ -117,30 +131,36 @@ def test_example_help_lists_its_component(example):
         assert text in shown.stdout, f"{text} missing from {example.name} --help"
 
 
+@pytest.fixture(scope="module")
+def hinted_commands(finished_runs, tmp_path_factory) -> dict[str, tuple[int, str]]:
+    """Evaluates and resumes every example's run through the example, all at once: the
+    commands the examples print at the end, and after a stop."""
+    commands = {}
+    for path in EXAMPLES:
+        run_dir = finished_runs[path.name][1]
+        commands[f"{path.stem}-test"] = [str(path), "test", str(run_dir)]
+        commands[f"{path.stem}-resume"] = [
+            str(path),
+            "--resume",
+            str(run_dir / "checkpoint.pth.tar"),
+        ]
+    return run_at_once(commands, tmp_path_factory.mktemp("hints"))
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.stem)
-def test_the_commands_an_example_prints_evaluate_and_resume_its_run(example, finished_runs):
+def test_the_commands_an_example_prints_evaluate_and_resume_its_run(
+    example, finished_runs, hinted_commands
+):
     # train.py and test.py do not know an example's own components: the hints must name it.
     code, run_dir, output = finished_runs[example.name]
     assert code == 0, output
     log = (run_dir / "training.log").read_text()
     hint = re.search(r"Evaluate on the test split with: python (.+) test (\S+)$", log, re.M)
     assert hint is not None and hint.groups() == (str(example), str(run_dir)), log
-    evaluated = subprocess.run(
-        [sys.executable, str(example), "test", str(run_dir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert evaluated.returncode == 0, evaluated.stderr
+    code, output = hinted_commands[f"{example.stem}-test"]
+    assert code == 0, output
     assert (run_dir / "test" / "test_metrics.csv").exists()
-    resumed = subprocess.run(
-        [sys.executable, str(example), "--resume", str(run_dir / "checkpoint.pth.tar")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
     # The run is complete, so resuming it is refused, but by the toolbox, knowing the model.
-    assert resumed.returncode == 2, resumed.stderr
-    assert "has already trained 5 of --epochs 5" in resumed.stderr
+    code, output = hinted_commands[f"{example.stem}-resume"]
+    assert code == 2, output
+    assert "has already trained 5 of --epochs 5" in output

@@ -81,6 +81,36 @@ def test_figures_come_from_the_weight_average_as_in_test_py(train, evaluate, tmp
     assert not np.array_equal(test_py_grid("--no-ema"), trained_grid)
 
 
+def test_test_py_and_resume_may_change_the_sampler_but_not_the_weights(
+    train, evaluate, tmp_path, capsys
+):
+    assert train(*DDPM, "--output-dir", str(tmp_path), "--run-name", "s") == 0
+    run_dir = tmp_path / "s"
+
+    def grid(*flags: str) -> np.ndarray:
+        assert evaluate(str(run_dir), *flags) == 0
+        return np.asarray(Image.open(run_dir / "test" / "test_samples.png"))
+
+    ddim = grid()  # the run's: ddim in 5 steps, 16 samples
+    ancestral = grid("--model.sampler", "ddpm", "--model.sample-steps", "3")
+    assert ancestral.shape == ddim.shape and not np.array_equal(ancestral, ddim)
+    assert grid("--model.num-samples", "8").shape[0] < ddim.shape[0]  # one row of 8, not 2
+    capsys.readouterr()
+
+    assert evaluate(str(run_dir), "--model.base-channels", "16") == 2
+    error = capsys.readouterr().err
+    assert "--model.base-channels" in error and "--model.sampler" in error  # what it may change
+    assert evaluate(str(run_dir), "--model.sample-steps", "0") == 2
+    assert "--model.sample-steps is 0" in capsys.readouterr().err
+
+    resume = ["--resume", str(run_dir / "checkpoint.pth.tar"), "--epochs", "3"]
+    assert train(*resume, "--model.sampler", "ddpm") == 0
+    saved = torch.load(run_dir / "checkpoint.pth.tar", weights_only=True)["config"]
+    assert saved["model"]["sampler"] == "ddpm"
+    assert train(*resume, "--epochs", "4", "--model.base-channels", "16") == 2
+    assert "--model.base-channels cannot change" in capsys.readouterr().err
+
+
 def test_own_steps_resume_exactly(train, tmp_path, signal_at_step):
     """The steps draw noise and timesteps from the global RNG; a stop mid-epoch and a
     resume give the weights and records of the run that never stopped."""

@@ -207,12 +207,13 @@ def train_main(argv: list[str], program: str = "train.py", test_program: str = "
 
 
 def test_main(argv: list[str], program: str = "test.py") -> int:
-    from toolbox.evaluate_run import EvaluateConfig
+    from toolbox.evaluate_run import EvaluateConfig, split_model_options
 
-    config = tyro.cli(EvaluateConfig, args=argv, prog=program)
+    own_options, model_options = split_model_options(argv)
+    config = tyro.cli(EvaluateConfig, args=own_options, prog=program)
     from toolbox.evaluate_run import evaluate_run
 
-    evaluate_run(config)
+    evaluate_run(config, model_options, program)
     return 0
 
 

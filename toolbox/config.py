@@ -375,7 +375,8 @@ def resume_conflicts(saved: TrainingConfig, new: TrainingConfig) -> list[str]:
     """The options ``new`` changes that a resumed run must keep as ``saved`` had them."""
     before, after = to_plain(saved), to_plain(new)
     changed = [key for key in FIXED_ON_RESUME if before[key] != after[key]]
-    for slot, free in (("model", ()), ("data", DATA_OPTIONS_FREE_ON_RESUME)):
+    free_model_options = type(saved.model).weightless_options
+    for slot, free in (("model", free_model_options), ("data", DATA_OPTIONS_FREE_ON_RESUME)):
         if SLOTS[slot][0] in changed:
             continue  # another arch or dataset: its options differ as a matter of course
         for key in sorted(set(before[slot]) | set(after[slot])):

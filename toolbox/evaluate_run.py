@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,7 +15,9 @@ from toolbox.errors import UserError
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """Evaluate a trained run on its test (or validation) split."""
+    """Evaluate a trained run on its test (or validation) split. Options of the run's model
+    that change no weight may follow and override the run's (e.g. --model.sampler ddpm
+    --model.sample-steps 1000 for ddpm)."""
 
     run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_DIR_OR_CHECKPOINT")]
     """A run directory (outputs/<run>) or a checkpoint file inside one."""
@@ -32,8 +35,52 @@ class EvaluateConfig:
     own evaluations did (--no-ema: the trained weights)."""
 
 
-def evaluate_run(options: EvaluateConfig) -> Path:
-    """Evaluate, print a table, and write ``<run>/test/<split>_{metrics,predictions}.csv``."""
+def split_model_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` without its --model.* options and their values, and those (test.py's own
+    options are parsed before the run's model is known)."""
+    rest, model_options = [], []
+    target = rest
+    for arg in argv:
+        if arg.startswith("--"):
+            target = model_options if arg.startswith("--model.") else rest
+        target.append(arg)
+    return rest, model_options
+
+
+def with_model_options(config, argv: list[str], prog: str):
+    """``config`` with the --model.* options of ``argv``; only the model's weightless
+    options (ModelConfig.weightless_options) may change."""
+    import dataclasses
+
+    model = config.model
+    options = dataclasses.make_dataclass(
+        "ModelOptions", [("model", type(model), dataclasses.field(default=model))], frozen=True
+    )
+    chosen = tyro.cli(options, args=argv, default=options(model), prog=prog).model
+    free = type(model).weightless_options
+    fixed = [
+        f"--model.{field.name.replace('_', '-')}"
+        for field in dataclasses.fields(model)
+        if field.name not in free and getattr(chosen, field.name) != getattr(model, field.name)
+    ]
+    if fixed:
+        allowed = " ".join(f"--model.{name.replace('_', '-')}" for name in free) or "none"
+        raise UserError(
+            f"{', '.join(fixed)}: test.py cannot change the run's model, whose weights were "
+            f"trained with the saved value; of --arch {config.arch}'s options it may change "
+            f"only those that change no weight ({allowed})."
+        )
+    found = chosen.problems()
+    if found:
+        raise UserError("Invalid model options:\n  - " + "\n  - ".join(found))
+    return dataclasses.replace(config, model=chosen)
+
+
+def evaluate_run(
+    options: EvaluateConfig, model_options: Sequence[str] = (), prog: str = "test.py"
+) -> Path:
+    """Evaluate, print a table, and write ``<run>/test/<split>_{metrics,predictions}.csv``;
+    ``model_options`` are --model.* arguments (see with_model_options)."""
     if not DEVICE_PATTERN.fullmatch(options.device):
         raise UserError(
             f"--device is {options.device!r}; use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps."
@@ -68,6 +115,8 @@ def evaluate_run(options: EvaluateConfig) -> Path:
     run_dir = checkpoint_path.parent
     state = checkpoint.load_checkpoint(checkpoint_path)
     config = from_plain(state["config"], f"the config in {checkpoint_path}")
+    if model_options:
+        config = with_model_options(config, list(model_options), prog)
 
     device = resolve_device(options.device)
     splits = config.data.build()

@@ -24,6 +24,9 @@ class ModelConfig(Component):
     --criterion is not used."""
     default_metrics: ClassVar[tuple[str, ...] | None] = None
     """--metrics of a run that picks this model (None: the usual default)."""
+    weightless_options: ClassVar[tuple[str, ...]] = ()
+    """Fields that change no weight, such as a sampler's: they may change when the run is
+    resumed, and test.py --model.* overrides them."""
 
     def build(self, info: DatasetInfo) -> nn.Module:
         """The model for inputs of ``info.input_shape`` and ``info.num_outputs`` outputs."""

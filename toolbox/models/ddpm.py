@@ -19,6 +19,7 @@ class DDPMConfig(ModelConfig):
 
     own_steps = True
     default_metrics = ()  # its evaluation scores the denoising loss; no predictions
+    weightless_options = ("sampler", "sample_steps", "ddim_eta", "num_samples")
 
     base_channels: int = 32
     """Channels of the U-Net's full-resolution level (doubled below it); a multiple of 8."""
