@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,6 @@ def split_model_options(argv: list[str]) -> tuple[list[str], list[str]]:
 def with_model_options(config, argv: list[str], prog: str):
     """``config`` with the --model.* options of ``argv``; only the model's weightless
     options (ModelConfig.weightless_options) may change."""
-    import dataclasses
-
     model = config.model
     options = dataclasses.make_dataclass(
         "ModelOptions", [("model", type(model), dataclasses.field(default=model))], frozen=True
