@@ -55,6 +55,3 @@ class WeightAverage:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The averaged weights, keyed as the model's own state_dict."""
         return self.module.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.module.load_state_dict(state)

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from toolbox.config import DEVICE_PATTERN
+from toolbox.config import DEVICE_PATTERN, validate
 from toolbox.errors import UserError
 
 
@@ -69,10 +69,9 @@ def with_model_options(config, argv: list[str], prog: str):
             f"trained with the saved value; of --arch {config.arch}'s options it may change "
             f"only those that change no weight ({allowed})."
         )
-    found = chosen.problems()
-    if found:
-        raise UserError("Invalid model options:\n  - " + "\n  - ".join(found))
-    return dataclasses.replace(config, model=chosen)
+    changed = dataclasses.replace(config, model=chosen)
+    validate(changed)
+    return changed
 
 
 def evaluate_run(

@@ -64,12 +64,13 @@ class DDPMConfig(ModelConfig):
                 f"--model.ddim-eta is {self.ddim_eta}, but --model.sampler ddpm ignores it; "
                 "use --model.sampler ddim, or leave --model.ddim-eta at 0."
             )
-        low, high = self.pixel_range or (0.0, 1.0)  # None takes the dataset's range
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            found.append(
-                f"--model.pixel-range is {list(self.pixel_range)}; give the lowest stored pixel "
-                "value, then a higher highest one (e.g. --model.pixel-range 0 255)."
-            )
+        if self.pixel_range is not None:  # None: the dataset's range, checked by build()
+            low, high = self.pixel_range
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                found.append(
+                    f"--model.pixel-range is {list(self.pixel_range)}; give the lowest stored "
+                    "pixel value, then a higher highest one (e.g. --model.pixel-range 0 255)."
+                )
         return found
 
     def build(self, info):
