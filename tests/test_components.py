@@ -33,7 +33,8 @@ from toolbox.config import (
 )
 from toolbox.criteria import CRITERIA
 from toolbox.data.loaders import InMemoryLoader, Normalizer
-from toolbox.datasets import DatasetInfo, Task
+from toolbox.datasets import DATASETS, DatasetInfo, Task
+from toolbox.datasets.synthetic import Synthetic
 from toolbox.errors import UserError
 from toolbox.evaluation import evaluate, per_sample_criterion
 from toolbox.metrics import METRICS
@@ -145,6 +146,10 @@ BAD_VALUES = [
     (MODELS, "vit_tiny", "num_heads", 0, {}),
     (MODELS, "vit_tiny", "num_heads", 5, {}),
     (MODELS, "vit_tiny", "dropout", 1.0, {}),
+    (MODELS, "vit_tiny", "mlp_ratio", math.nan, {}),
+    (MODELS, "vit_tiny", "mlp_ratio", math.inf, {}),
+    (MODELS, "vit_tiny", "mlp_ratio", 0.001, {}),  # int(192 * 0.001): an MLP 0 units wide
+    (MODELS, "trajectory_recovery", "eval_seed", 2**64, {}),
     (OPTIMIZERS, "adamw", "lr", 0.0, {}),
     (OPTIMIZERS, "adamw", "weight_decay", -0.1, {}),
     (OPTIMIZERS, "adam", "beta1", 1.0, {}),
@@ -152,6 +157,12 @@ BAD_VALUES = [
     (OPTIMIZERS, "sgd", "lr", -1.0, {}),
     (OPTIMIZERS, "sgd", "momentum", 1.0, {}),
     (OPTIMIZERS, "sgd", "nesterov", True, {"momentum": 0.0}),
+    (OPTIMIZERS, "adamw", "lr", math.inf, {}),
+    (OPTIMIZERS, "sgd", "weight_decay", math.inf, {}),
+    (OPTIMIZERS, "adam", "eps", -1.0, {}),
+    (OPTIMIZERS, "adamw", "eps", math.nan, {}),
+    (OPTIMIZERS, "adamw", "eps", 0.0, {}),
+    (OPTIMIZERS, "adam", "eps", math.inf, {}),
     (SCHEDULERS, "step", "step_epochs", 0, {}),
     (SCHEDULERS, "step", "gamma", 0.0, {}),
     (SCHEDULERS, "step", "gamma", 1.5, {}),
@@ -161,7 +172,26 @@ BAD_VALUES = [
     (SCHEDULERS, "plateau", "factor", 1.0, {}),
     (SCHEDULERS, "plateau", "factor", 0.0, {}),
     (SCHEDULERS, "plateau", "patience", -1, {}),
+    (SCHEDULERS, "warmup_cosine", "warmup_epochs", math.inf, {}),
+    (SCHEDULERS, "plateau", "min_lr", math.nan, {}),
+    (SCHEDULERS, "plateau", "min_lr", -1.0, {}),
+    (SCHEDULERS, "plateau", "min_lr", math.inf, {}),
     (CRITERIA, "cross_entropy", "label_smoothing", 1.0, {}),
+    (DATASETS, "digits", "split_seed", 2**64, {}),
+    (DATASETS, "cifar10", "split_seed", -1, {}),
+    # Sizes that no machine holds: refused before build() allocates them.
+    (DATASETS, "synthetic", "num_train", 2**62, {}),
+    (DATASETS, "synthetic", "input_shape", (100_000, 100_000), {}),
+    (DATASETS, "synthetic", "num_classes", 2**40, {}),
+    (DATASETS, "synthetic", "noise", math.inf, {}),
+    (DATASETS, "synthetic", "seed", 2**64, {}),
+    (DATASETS, "trajectories", "num_train", 2**62, {}),
+    (DATASETS, "trajectories", "max_length", 2**40, {}),
+    (DATASETS, "trajectories", "sample_interval", math.inf, {}),
+    (DATASETS, "trajectories", "max_speed", math.inf, {}),
+    (DATASETS, "trajectories", "turn_std", math.inf, {}),
+    (DATASETS, "trajectories", "start_radius", math.inf, {}),
+    (DATASETS, "trajectories", "seed", 2**63, {}),
 ]
 
 
@@ -186,6 +216,16 @@ def test_bad_value_gets_a_message_naming_the_option(registry, name, field, value
     )
     with pytest.raises(UserError, match=option.replace(".", r"\.")):
         validate(training)
+
+
+def test_synthetic_data_beyond_the_available_memory_is_refused_before_it_is_made(monkeypatch):
+    monkeypatch.setattr("toolbox.datasets.available_memory", lambda: 2 * 10**9)
+    # 264 bytes a sample (a float32 1x8x8 input and an int64 label), 512 test samples.
+    assert Synthetic(num_train=7_000_000).problems() == []  # 1.85 GB
+    [problem] = Synthetic(num_train=8_000_000).problems()  # 2.11 GB
+    assert problem.startswith("--data.num-train 8000000, --data.num-test 512,"), problem
+    assert "at least 2.1 GB, more than the 2.0 GB of memory available" in problem
+    assert "at most 7,575,747 samples of this size fit" in problem
 
 
 # --- Optimizers ------------------------------------------------------------------------------
@@ -818,6 +858,10 @@ def test_mse_and_rmse_on_digits_are_refused():
         ({"log_every": -5}, "--log-every"),
         ({"num_workers": -1}, "--num-workers"),
         ({"clip_grad": 0.0}, "--clip-grad"),
+        ({"clip_grad": math.inf}, "--clip-grad"),
+        ({"early_stop_lr": math.inf}, "--early-stop-lr"),
+        ({"dist_timeout": math.inf}, "--dist-timeout"),
+        ({"dist_timeout": 1e20}, "--dist-timeout"),  # past what a timedelta holds
         ({"device": "gpu"}, "--device"),
         ({"run_name": "a/b"}, "--run-name"),
     ],

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -202,10 +204,20 @@ def problems(config: TrainingConfig) -> list[str]:
             if value < minimum:
                 bound = "at least 1" if minimum else "0 or more"
                 found.append(f"--{name.replace('_', '-')} is {value}; it must be {bound}.")
-    if not config.dist_timeout > 0:
-        found.append(f"--dist-timeout is {config.dist_timeout}; give positive seconds (e.g. 600).")
-    if not config.early_stop_lr >= 0:
-        found.append(f"--early-stop-lr is {config.early_stop_lr}; it must be 0 (off) or more.")
+    # Chained comparisons also catch nan. The timeout becomes a timedelta under torchrun,
+    # which overflows past 999,999,999 days; an infinite --early-stop-lr stops every run at
+    # its first check.
+    longest_timeout = timedelta.max.total_seconds()
+    if not 0 < config.dist_timeout <= longest_timeout:
+        found.append(
+            f"--dist-timeout is {config.dist_timeout}; give a positive number of seconds up to "
+            f"{longest_timeout:.3g} (e.g. 600)."
+        )
+    if not 0 <= config.early_stop_lr < math.inf:
+        found.append(
+            f"--early-stop-lr is {config.early_stop_lr}; it must be 0 (off) or a finite "
+            "learning rate (e.g. 1e-6)."
+        )
     if any(epoch < 1 for epoch in config.save_at):
         found.append(f"--save-at is {' '.join(map(str, config.save_at))}; epochs count from 1.")
 
@@ -216,8 +228,11 @@ def problems(config: TrainingConfig) -> list[str]:
             f"--ema-decay is {config.ema_decay}; give a decay in (0, 1), e.g. 0.999 (an average "
             "over about the last 1000 steps), or None for no average."
         )
-    if config.clip_grad is not None and not config.clip_grad > 0:
-        found.append(f"--clip-grad is {config.clip_grad}; give a positive norm (e.g. 1.0) or None.")
+    if config.clip_grad is not None and not 0 < config.clip_grad < math.inf:
+        found.append(
+            f"--clip-grad is {config.clip_grad}; give a positive, finite norm (e.g. 1.0), or "
+            "None for no clipping."
+        )
     if not DEVICE_PATTERN.fullmatch(config.device):
         found.append(
             f"--device is {config.device!r}; use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps."

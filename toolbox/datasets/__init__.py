@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -12,6 +13,27 @@ if TYPE_CHECKING:
     import torch
 
 Task = Literal["classification", "regression"]
+
+SEED_LIMIT = 2**63
+"""Seeds of a component's own generators lie in [0, SEED_LIMIT): torch.Generator.manual_seed
+overflows past 2**64, and a split may seed a second generator with split_seed + 1."""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can have now, read without torch: Linux's
+    MemAvailable (free memory plus the cache it can drop), else the free pages POSIX reports;
+    None where neither is known."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # given in kB
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # a name this system does not define
+        return None
 
 
 @dataclass(frozen=True)
@@ -68,12 +90,43 @@ class DatasetConfig(Component):
         return "classification"
 
     def problems(self) -> list[str]:
+        found = []
         if not 0.0 <= self.val_fraction < 1.0:
-            return [
+            found.append(
                 f"--data.val-fraction is {self.val_fraction}; it must be in [0, 1) "
                 "(e.g. 0.1 holds out 10% of the training data for validation)."
-            ]
-        return []
+            )
+        return found + self.not_seed("split_seed")
+
+    def not_seed(self, *field_names: str) -> list[str]:
+        """Problems with fields that seed one of the dataset's generators."""
+        return [
+            f"{self.option(name)} is {getattr(self, name)}; give a seed in [0, 2**63), e.g. 0."
+            for name in field_names
+            if not 0 <= getattr(self, name) < SEED_LIMIT
+        ]
+
+    def memory_problems(
+        self, sizes: str, fixed_bytes: int, sample_bytes: int, samples: int
+    ) -> list[str]:
+        """A problem if build() would allocate more than the memory available now, told
+        before it allocates: the allocator's own refusal is a traceback, and the kernel's
+        OOM killer ends the process without a word. ``sizes`` names the options and values
+        that set the size: ``samples`` of ``sample_bytes`` each, plus ``fixed_bytes``."""
+        available = available_memory()
+        needed = fixed_bytes + sample_bytes * samples
+        if available is None or needed <= available:
+            return []
+        fit = max(available - fixed_bytes, 0) // sample_bytes
+        room = (
+            f"at most {fit:,} samples of this size fit (--data.num-train plus --data.num-test)"
+            if fit
+            else "not even one sample of this size fits"
+        )
+        return [
+            f"{sizes} make a dataset of at least {needed / 1e9:,.1f} GB, more than the "
+            f"{available / 1e9:,.1f} GB of memory available on this machine; lower them: {room}."
+        ]
 
     def build(self) -> DatasetSplits:
         raise NotImplementedError

@@ -31,15 +31,32 @@ class Synthetic(DatasetConfig):
 
     def problems(self) -> list[str]:
         found = super().problems()
-        found += self.not_positive("num_train", "num_test", "num_classes")
+        sizes = self.not_positive("num_train", "num_test", "num_classes")
         if not self.input_shape or min(self.input_shape) <= 0:
-            found.append(
+            sizes.append(
                 f"--data.input-shape is {list(self.input_shape)}; give positive sizes, "
                 "e.g. --data.input-shape 3 32 32."
             )
-        if not self.noise >= 0:
-            found.append(f"--data.noise is {self.noise}; it must be >= 0.")
-        return found
+        if sizes:
+            found += sizes
+        else:  # valid sizes: what build() allocates is known
+            width = math.prod(self.input_shape)
+            # build() keeps per sample a float32 input and an int64 label (float32 targets
+            # for regression), and once the float32 class prototypes (the regression's map).
+            target_bytes = 8 if self.task == "classification" else 4 * self.num_classes
+            found += self.memory_problems(
+                f"--data.num-train {self.num_train}, --data.num-test {self.num_test}, "
+                f"--data.num-classes {self.num_classes} and --data.input-shape "
+                + " ".join(map(str, self.input_shape)),
+                fixed_bytes=4 * width * self.num_classes,
+                sample_bytes=4 * width + target_bytes,
+                samples=self.num_train + self.num_test,
+            )
+        if not 0 <= self.noise < math.inf:  # also catches nan
+            found.append(
+                f"--data.noise is {self.noise}; give a finite standard deviation >= 0 (e.g. 1.0)."
+            )
+        return found + self.not_seed("seed")
 
     def build(self) -> DatasetSplits:
         import torch

@@ -43,24 +43,44 @@ class Trajectories(DatasetConfig):
 
     def problems(self) -> list[str]:
         found = super().problems()
-        found += self.not_positive("num_train", "num_test", "sample_interval", "max_speed")
+        sizes = self.not_positive("num_train", "num_test")
         if not self.min_length >= 2:
-            found.append(
+            sizes.append(
                 f"--data.min-length is {self.min_length}; a trajectory needs at least 2 "
                 "points, e.g. --data.min-length 16."
             )
         if not self.max_length >= self.min_length:
-            found.append(
+            sizes.append(
                 f"--data.max-length is {self.max_length}, below --data.min-length "
                 f"{self.min_length}; raise --data.max-length to at least {self.min_length}."
             )
+        if sizes:
+            found += sizes
+        else:  # valid sizes: what build() allocates is known
+            # build() keeps per trajectory its float32 points twice (input and target) and
+            # an int64 length; its float64 working copies come on top.
+            found += self.memory_problems(
+                f"--data.num-train {self.num_train}, --data.num-test {self.num_test} and "
+                f"--data.max-length {self.max_length}",
+                fixed_bytes=0,
+                sample_bytes=2 * self.max_length * 2 * 4 + 8,
+                samples=self.num_train + self.num_test,
+            )
+        for name, example in (("sample_interval", "10 (seconds)"), ("max_speed", "15 (m/s)")):
+            if not 0 < getattr(self, name) < math.inf:  # also catches nan
+                found.append(
+                    f"{self.option(name)} is {getattr(self, name)}; it must be positive and "
+                    f"finite, e.g. {example}."
+                )
         if not 0 <= self.min_speed <= self.max_speed:
             found.append(
                 f"--data.min-speed is {self.min_speed}; it must be in [0, --data.max-speed "
                 f"{self.max_speed}], e.g. --data.min-speed 1.0."
             )
-        if not self.turn_std >= 0:
-            found.append(f"--data.turn-std is {self.turn_std}; it must be >= 0 (degrees).")
+        if not 0 <= self.turn_std < math.inf:
+            found.append(
+                f"--data.turn-std is {self.turn_std}; it must be finite and >= 0 (degrees)."
+            )
         if not -180 <= self.centre_lon <= 180:
             found.append(
                 f"--data.centre-lon is {self.centre_lon}; give a longitude in [-180, 180]."
@@ -70,14 +90,16 @@ class Trajectories(DatasetConfig):
                 f"--data.centre-lat is {self.centre_lat}; give a latitude in [-80, 80] (the "
                 "local flat-Earth conversion to degrees breaks down near the poles)."
             )
-        if not self.start_radius >= 0:
-            found.append(f"--data.start-radius is {self.start_radius}; it must be >= 0 (metres).")
+        if not 0 <= self.start_radius < math.inf:
+            found.append(
+                f"--data.start-radius is {self.start_radius}; it must be finite and >= 0 (metres)."
+            )
         if self.augment != "none":
             found.append(
                 f"--data.augment is {self.augment}; its crops and flips are for images, so use "
                 "--data.augment none (toolbox.trajectory has augmentations for trajectories)."
             )
-        return found
+        return found + self.not_seed("seed")
 
     def build(self) -> DatasetSplits:
         import torch

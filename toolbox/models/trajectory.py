@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from toolbox.datasets import SEED_LIMIT
 from toolbox.errors import UserError
 from toolbox.models import ModelConfig, register_model
 
@@ -59,6 +60,10 @@ class TrajectoryRecoveryConfig(ModelConfig):
             found.append(
                 f"--model.mask-fraction is {self.mask_fraction}; it must be in (0, 1), the "
                 "fraction of each trajectory's points to hide (e.g. 0.3)."
+            )
+        if not 0 <= self.eval_seed < SEED_LIMIT:
+            found.append(
+                f"--model.eval-seed is {self.eval_seed}; give a seed in [0, 2**63), e.g. 0."
             )
         return found
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from toolbox.errors import UserError
@@ -30,6 +31,17 @@ class ViTTiny(ModelConfig):
             found.append(
                 f"--model.embed-dim {self.embed_dim} is not divisible by --model.num-heads "
                 f"{self.num_heads}; pick a head count that divides it (e.g. 3 for 192)."
+            )
+        # build() makes each MLP int(embed_dim * mlp_ratio) units wide: nan and inf cannot
+        # be made an int, and a width of 0 leaves an MLP that outputs its bias only.
+        mlp_dim = self.embed_dim * self.mlp_ratio
+        if not 0 < self.mlp_ratio < math.inf or (
+            self.embed_dim > 0 and not 1 <= mlp_dim < math.inf
+        ):
+            found.append(
+                f"--model.mlp-ratio is {self.mlp_ratio}; give a positive, finite multiple of "
+                f"--model.embed-dim {self.embed_dim} that leaves each MLP at least one unit "
+                "wide (e.g. 2.0)."
             )
         return found + self.not_probability("dropout")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,10 +27,15 @@ class OptimizerConfig(Component):
 
     def problems(self) -> list[str]:
         found = []
-        if not self.lr > 0:  # also catches nan
-            found.append(f"--optim.lr is {self.lr}; it must be positive (e.g. 1e-3).")
-        if not self.weight_decay >= 0:
-            found.append(f"--optim.weight-decay is {self.weight_decay}; it must be >= 0.")
+        # Chained comparisons also catch nan; an infinite value makes every weight inf or
+        # nan at the first step.
+        if not 0 < self.lr < math.inf:
+            found.append(f"--optim.lr is {self.lr}; it must be positive and finite (e.g. 1e-3).")
+        if not 0 <= self.weight_decay < math.inf:
+            found.append(
+                f"--optim.weight-decay is {self.weight_decay}; it must be finite and >= 0 "
+                "(e.g. 0.01; 0: no decay)."
+            )
         return found
 
     def param_groups(self, model: nn.Module) -> list[dict]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from toolbox.optimizers import OptimizerConfig, register_optimizer
@@ -12,11 +13,15 @@ class _AdamFamily(OptimizerConfig):
     beta2: float = 0.999
     """Decay rate of the second-moment (squared gradient) average, in [0, 1)."""
     eps: float = 1e-8
-    """Added to the denominator for numerical stability."""
+    """Added to the denominator for numerical stability; positive."""
 
     def problems(self) -> list[str]:
-        found = super().problems()
-        return found + self.not_probability("beta1", "beta2")
+        found = super().problems() + self.not_probability("beta1", "beta2")
+        # torch refuses a negative or nan eps only when the optimizer is built; 0 divides 0
+        # by 0 for a weight whose gradients are all 0, and inf makes every step 0.
+        if not 0 < self.eps < math.inf:
+            found.append(f"--optim.eps is {self.eps}; it must be positive and finite (e.g. 1e-8).")
+        return found
 
 
 @register_optimizer("adam")

@@ -88,8 +88,11 @@ class WarmupCosine(Cosine):
 
     def problems(self) -> list[str]:
         found = super().problems()
-        if not self.warmup_epochs >= 0:
-            found.append(f"--sched.warmup-epochs is {self.warmup_epochs}; it must be >= 0.")
+        if not 0 <= self.warmup_epochs < math.inf:  # inf: no step count to round it to
+            found.append(
+                f"--sched.warmup-epochs is {self.warmup_epochs}; it must be finite and >= 0 "
+                "(e.g. 1, or 0.5 for half an epoch)."
+            )
         return found
 
     def factor(self, step, steps_per_epoch, total_steps):
@@ -120,6 +123,12 @@ class Plateau(SchedulerConfig):
             found.append(f"--sched.factor is {self.factor}; it must be in (0, 1).")
         if not self.patience >= 0:
             found.append(f"--sched.patience is {self.patience}; it must be >= 0.")
+        # torch takes any min_lr, silently: inf stops every reduction, nan or a negative
+        # value bounds nothing.
+        if not 0 <= self.min_lr < math.inf:
+            found.append(
+                f"--sched.min-lr is {self.min_lr}; it must be finite and >= 0 (0: no bound)."
+            )
         return found
 
     def build(self, optimizer, steps_per_epoch, epochs, mode):
