@@ -341,3 +341,67 @@ def test_a_checkpoint_from_before_named_losses_resumes_exactly(train, tmp_path, 
     assert train("--resume", str(path)) == 0
     assert_same_weights(outputs / "straight", outputs / "old")
     assert rows_without_timing(outputs / "straight") == rows_without_timing(outputs / "old")
+
+
+# Image inputs with random crops and flips: the augmentation's stream has to come back too.
+AUGMENTED = [
+    *EXACT,
+    "--arch",
+    "cnn",
+    "--data.input-shape",
+    "3",
+    "8",
+    "8",
+    "--data.augment",
+    "crop_flip",
+]
+# 288 training samples (the rest is the validation split) in batches of 32: 9 steps an epoch.
+STEPS_PER_EPOCH = 9
+
+
+@pytest.mark.parametrize("loader", ["memory", "dataloader"])
+def test_several_stops_inside_one_epoch_resume_bit_exact(
+    train, tmp_path, monkeypatch, signal_at_step, loader
+):
+    argv = [*AUGMENTED, "--data.loader", loader]
+    outputs = tmp_path / "outputs"
+    assert train(*argv, "--run-name", "straight") == 0
+    checkpoint_path = outputs / "stopped" / "checkpoint.pth.tar"
+    # The display counts the run's steps, not the session's, so these are run steps: three
+    # stops in epoch 2 (steps 10 to 18), then one in epoch 3 after crossing the epoch end.
+    for session, stop_step in enumerate([11, 13, 16, 21]):
+        monkeypatch.undo()
+        signal_at_step(stop_step)
+        start = [*argv, "--run-name", "stopped"] if session == 0 else []
+        assert train(*start or ["--resume", str(checkpoint_path)]) == 128 + signal.SIGTERM
+        state = torch.load(checkpoint_path, weights_only=True)
+        epoch, batch = divmod(stop_step, STEPS_PER_EPOCH)
+        assert (state["progress"]["epoch"], state["loader"]["next_batch"]) == (epoch, batch)
+    monkeypatch.undo()
+    assert train("--resume", str(checkpoint_path)) == 0
+    assert_same_weights(outputs / "straight", outputs / "stopped")
+    assert rows_without_timing(outputs / "straight") == rows_without_timing(outputs / "stopped")
+
+
+@pytest.mark.parametrize("loader", ["memory", "dataloader"])
+def test_a_periodic_checkpoint_after_a_mid_epoch_resume_resumes_bit_exact(
+    train, tmp_path, monkeypatch, signal_at_step, loader
+):
+    argv = [*AUGMENTED, "--data.loader", loader]
+    outputs = tmp_path / "outputs"
+    assert train(*argv, "--run-name", "straight") == 0
+    checkpoint_path = outputs / "stopped" / "checkpoint.pth.tar"
+    signal_at_step(11)
+    assert train(*argv, "--run-name", "stopped") == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    # The resumed session saves every 3 steps (step 12 first); a second Ctrl-C right after
+    # step 13 ends it at once, as a crash would, leaving the periodic checkpoint of step 12.
+    signal_at_step(13, signal.SIGINT, times=2)
+    resume = ["--resume", str(checkpoint_path)]
+    assert train(*resume, "--checkpoint-every-steps", "3") == 128 + signal.SIGINT
+    state = torch.load(checkpoint_path, weights_only=True)
+    assert (state["progress"]["step"], state["loader"]["next_batch"]) == (12, 3)
+    monkeypatch.undo()
+    assert train(*resume) == 0
+    assert_same_weights(outputs / "straight", outputs / "stopped")
+    assert rows_without_timing(outputs / "straight") == rows_without_timing(outputs / "stopped")

@@ -94,8 +94,14 @@ class _EpochLoader:
 
     def load_state_dict(self, state: dict) -> None:
         """Restores the position; saved with another batch size or number of ranks, the epoch
-        goes on from the first sample not yet seen, rounded down to a whole batch."""
+        goes on from the first sample not yet seen, rounded down to a whole batch.
+
+        Mid-epoch the saved generator is the epoch's start state, and it stays the start
+        state: ``_begin_epoch`` records it only for epochs begun from batch 0, so without
+        this a checkpoint taken later in the resumed epoch (a second stop, a periodic save)
+        would hold the seed's state and replay another permutation."""
         self.generator.set_state(state["generator"])
+        self._epoch_start_state = self.generator.get_state()
         saved_batch = state.get("samples_per_batch", self.samples_per_batch)
         self.next_batch = self._resume_at = (
             state["next_batch"] * saved_batch // self.samples_per_batch
