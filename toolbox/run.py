@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 
 import toolbox
+from toolbox.checkpoint import LAST
 from toolbox.config import TrainingConfig, to_plain
 from toolbox.errors import UserError
+from toolbox.run_lock import RunLock, move_aside
 
 CONFIG = "config.json"
 ENV = "env.json"
@@ -30,43 +32,81 @@ RECORD = "run.json"
 RUNTIME = "runtime.json"
 
 
-def new_run_dir(config: TrainingConfig) -> Path:
-    """Create ``<output-dir>/<run-name or YYMMDD_HHMMSS>``; a timestamp already taken gets a
-    numeric suffix, a run name already taken is an error (it would mix two runs' files)."""
+def new_run_dir(config: TrainingConfig) -> tuple[Path, RunLock]:
+    """Create ``<output-dir>/<run-name or YYMMDD_HHMMSS>`` and take its lock before anything
+    is written into it; a timestamp already taken gets a numeric suffix. A run name already
+    taken is refused while its run is alive or has a checkpoint to resume; an attempt that
+    died before its first checkpoint left nothing to resume, so its directory is moved aside
+    (its log kept) and the same command starts the run again."""
     output_dir = Path(config.output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         if config.run_name is not None:
-            run_dir = output_dir / config.run_name
-            if run_dir.exists():
-                raise UserError(
-                    f"--run-name {config.run_name!r}: {run_dir} already exists; choose another "
-                    f"name, or continue that run with --resume {run_dir / 'checkpoint.pth.tar'}."
-                )
-            run_dir.mkdir()
-            return run_dir
+            return _claim_named_run_dir(output_dir / config.run_name)
         stamp = datetime.now().strftime("%y%m%d_%H%M%S")
         for attempt in range(1000):
             run_dir = output_dir / (stamp if attempt == 0 else f"{stamp}_{attempt}")
             try:
                 run_dir.mkdir()
-                return run_dir
             except FileExistsError:
                 continue
+            return run_dir, RunLock.acquire(run_dir, f"--output-dir {output_dir}")
         raise UserError(f"could not find a free run directory name under {output_dir}.")
-    except (PermissionError, NotADirectoryError, FileExistsError, OSError) as error:
-        if isinstance(error, UserError):
-            raise
+    except UserError:
+        raise
+    except OSError as error:
         raise UserError(
             f"--output-dir {output_dir}: cannot create the run directory there ({error}); "
             "choose a writable directory with --output-dir."
         ) from error
 
 
+def _claim_named_run_dir(run_dir: Path) -> tuple[Path, RunLock]:
+    purpose = f"--run-name {run_dir.name!r}"
+    try:
+        run_dir.mkdir()
+        return run_dir, RunLock.acquire(run_dir, purpose)
+    except FileExistsError:
+        pass
+    # Holding its lock while looking, so that no other process can start in it meanwhile.
+    old_lock = RunLock.acquire(run_dir, purpose)
+    try:
+        if (run_dir / LAST).exists():
+            resume = shlex.join(["--resume", str(run_dir / LAST)])
+            raise UserError(
+                f"{purpose}: {run_dir} already exists and holds a run with a checkpoint; "
+                f"continue it with {resume}, or choose another --run-name."
+            )
+        aside = move_aside(run_dir, "no-checkpoint")
+    finally:
+        old_lock.release()
+    print(
+        f"{purpose}: {run_dir} had no checkpoint (an attempt that stopped before its first "
+        f"one); moved it to {aside.name}, starting the run again.",
+        file=sys.stderr,
+    )
+    run_dir.mkdir()
+    return run_dir, RunLock.acquire(run_dir, purpose)
+
+
 def write_json(path: Path, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a reader, or the next session after a crash
+    or power cut, finds the old file or the new one whole, never a mix."""
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
+            file.flush()
+            # Without it a power cut soon after the rename can leave the name on an empty file.
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a full disk leaves no half-written temporary
+        raise
 
 
 def _git(directory: Path, *args: str) -> str | None:
