@@ -7,6 +7,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import logging
 import os
 import pickle
 import re
@@ -24,6 +25,7 @@ import torchvision
 
 from tests.conftest import SHARED_MNIST
 from toolbox.cli import parse_training_config
+from toolbox.datasets import _cache, _files
 from toolbox.datasets.cifar import CIFAR10, CIFAR100
 from toolbox.datasets.digits import Digits
 from toolbox.datasets.mnist import MNIST, FashionMNIST
@@ -521,6 +523,171 @@ def test_cifar_download_extracts_torchvision_archive(tmp_path, server, monkeypat
     with pytest.raises(UserError, match="download failed") as caught:
         CIFAR10(root=str(tmp_path / "other"), download=True).build()
     assert str(tmp_path / "other" / source.base_folder) in str(caught.value)
+
+
+# --- The decoded-data cache: verified on load, rebuilt when unsound --------------------------
+
+IDX_FILE_NAMES = [f"{name}.gz" for name in IDX_NAMES]  # as write_mnist writes them
+
+
+@pytest.fixture
+def toolbox_warnings():
+    """The messages of warnings logged to the ``toolbox`` logger, the one the trainer shows
+    and writes to training.log (it does not propagate to pytest's handler once set up)."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("toolbox")
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.fixture
+def idx_reads(monkeypatch):
+    """How many IDX files have been decoded so far: 0 while a cache serves the data."""
+    reads = Counter()
+    read_idx = _files.read_idx
+
+    def counted(path):
+        reads["files"] += 1
+        return read_idx(path)
+
+    monkeypatch.setattr(_files, "read_idx", counted)
+    return reads
+
+
+def flip_a_bit_in_a_training_image(cache: Path, root: Path) -> None:
+    data = bytearray(cache.read_bytes())
+    train_images, _ = numbered_images(50, seed=1)  # as write_mnist wrote them
+    offset = data.index(train_images[25].tobytes())  # tensor bytes are stored uncompressed
+    data[offset + 100] ^= 0x10
+    cache.write_bytes(bytes(data))
+
+
+def truncate(cache: Path, root: Path) -> None:
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+
+
+def cache_of(cls, root: Path, folder: str) -> Path:
+    """The cache file of ``cls`` built from 30 training images under ``root/folder``."""
+    write_mnist(root, folder, num_train=30)
+    cls(root=str(root), download=False).build()
+    (cache,) = (root / folder / "raw").glob("toolbox-*.pt")
+    return cache
+
+
+def put_another_datasets_cache(cache: Path, root: Path) -> None:
+    os.replace(cache_of(FashionMNIST, root / "other", "FashionMNIST"), cache)
+
+
+def put_the_cache_of_other_files(cache: Path, root: Path) -> None:
+    os.replace(cache_of(MNIST, root / "other", "MNIST"), cache)
+
+
+def put_a_plain_torch_file(cache: Path, root: Path) -> None:
+    torch.save({"train": torch.zeros(3), "test": torch.zeros(3)}, cache)
+
+
+def put_the_format_1_layout(cache: Path, root: Path) -> None:
+    """What toolbox wrote before caches were checked: the decoded splits alone."""
+    splits = MNIST(root=str(root), download=False, val_fraction=0.0, cache=False).build()
+    torch.save({"train": splits.train, "test": splits.test}, cache)
+
+
+def mark_as_another_format(cache: Path, root: Path) -> None:
+    payload = torch.load(cache, weights_only=True)
+    torch.save({**payload, "format": _cache.CACHE_FORMAT + 1}, cache)
+
+
+CACHE_DAMAGE = {
+    "truncated": (truncate, "unreadable"),
+    "bit_flipped": (flip_a_bit_in_a_training_image, "train/input fails its checksum"),
+    "another_datasets_cache_renamed": (put_another_datasets_cache, "toolbox-fashion_mnist-"),
+    "other_files_cache_renamed": (put_the_cache_of_other_files, "renamed"),
+    "plain_torch_file": (put_a_plain_torch_file, "not a toolbox cache"),
+    "format_1_layout": (put_the_format_1_layout, "not a toolbox cache of format 2"),
+    "another_format_number": (mark_as_another_format, "cache format 3, not 2"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(CACHE_DAMAGE))
+def test_unsound_cache_is_logged_and_rebuilt_then_used(
+    tmp_path, idx_reads, toolbox_warnings, damage
+):
+    (train_images, train_labels), _, _ = write_mnist(tmp_path, num_train=50)
+    raw = tmp_path / "MNIST" / "raw"
+    MNIST(root=str(tmp_path), download=False, val_fraction=0.0).build()
+    (cache,) = raw.glob("toolbox-*.pt")
+    spoil, reason = CACHE_DAMAGE[damage]
+    spoil(cache, tmp_path)
+    idx_reads.clear()
+
+    rebuilt = MNIST(root=str(tmp_path), download=False, val_fraction=0.0).build()
+    assert idx_reads["files"] == 4  # decoded again, from the original files
+    assert torch.equal(rebuilt.train["input"][:, 0], torch.from_numpy(train_images))
+    assert rebuilt.train["target"].tolist() == train_labels.tolist()
+    assert len(toolbox_warnings) == 1, toolbox_warnings
+    assert str(cache) in toolbox_warnings[0] and reason in toolbox_warnings[0]
+
+    # The rebuilt cache is sound: used as it is, with nothing to say.
+    toolbox_warnings.clear()
+    again = MNIST(root=str(tmp_path), download=False, val_fraction=0.0).build()
+    assert idx_reads["files"] == 4 and toolbox_warnings == []
+    assert torch.equal(again.train["input"], rebuilt.train["input"])
+    assert sorted(path.name for path in raw.iterdir()) == sorted([cache.name, *IDX_FILE_NAMES])
+
+
+def splits_of(target_dtype: torch.dtype) -> dict:
+    images = torch.arange(4 * 784, dtype=torch.int64).remainder(256).to(torch.uint8)
+    split = {"input": images.reshape(4, 1, 28, 28), "target": torch.arange(4).to(target_dtype)}
+    return {"train": split, "test": split}
+
+
+def test_cache_laid_out_otherwise_than_expected_is_logged_and_rebuilt(tmp_path, toolbox_warnings):
+    """A cache sound in itself, written by a decoder of another layout under the same
+    format number, does not pass for the layout the caller expects."""
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"raw data")
+    per_sample = {"input": (torch.uint8, (1, 28, 28)), "target": (torch.int64, ())}
+    expected = {"train": per_sample, "test": per_sample}
+    _cache.load_or_decode("mnist", tmp_path, [source], lambda: splits_of(torch.int32))
+
+    decodes = []
+
+    def decode() -> dict:
+        decodes.append(1)
+        return splits_of(torch.int64)
+
+    loaded = _cache.load_or_decode("mnist", tmp_path, [source], decode, expected)
+    assert decodes == [1] and loaded["train"]["target"].dtype == torch.int64
+    assert len(toolbox_warnings) == 1
+    assert (
+        "train/target is torch.int32 of shape (4,), not torch.int64 of shape (N)"
+        in (toolbox_warnings[0])
+    )
+
+    toolbox_warnings.clear()
+    again = _cache.load_or_decode("mnist", tmp_path, [source], decode, expected)
+    assert decodes == [1] and toolbox_warnings == []
+    assert torch.equal(again["test"]["target"], loaded["test"]["target"])
+
+
+def test_failed_cache_write_leaves_no_file_and_the_data_is_still_built(tmp_path, monkeypatch):
+    (train_images, _), _, _ = write_mnist(tmp_path)
+    raw = tmp_path / "MNIST" / "raw"
+
+    def full_disk(payload, path):
+        # What torch.save does on a full disk: part of the file written, then this error.
+        Path(path).write_bytes(b"PK\x03\x04 part of an archive")
+        raise RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos 704")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    splits = MNIST(root=str(tmp_path), download=False, val_fraction=0.0).build()
+    assert torch.equal(splits.train["input"][:, 0], torch.from_numpy(train_images))
+    assert sorted(path.name for path in raw.iterdir()) == sorted(IDX_FILE_NAMES)
 
 
 # --- digits and synthetic ---------------------------------------------------------------------
