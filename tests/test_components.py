@@ -631,6 +631,25 @@ def test_rmse_is_the_root_of_the_mean_square_over_every_value():
     assert result.metrics["rmse"] != pytest.approx(per_sample)
 
 
+@pytest.mark.parametrize("name", ["mae", "rmse"])
+def test_mae_and_rmse_equal_scikit_learn_on_large_targets_with_small_errors(name):
+    """Targets of 500..1500 with errors near 1, as a regression on unscaled targets gives:
+    summed in float32, MAE and RMSE are off by about 1e-8 relative (the batch sums need more
+    than float32's 24 bits); summed in float64 they equal scikit-learn's on the same
+    predictions. It is given them in float64, as a user reads them back: float32 arrays it
+    sums in float32."""
+    from sklearn.metrics import mean_absolute_error, root_mean_squared_error
+
+    generator = torch.Generator().manual_seed(0)
+    target = 500 + 1000 * torch.rand(100_000, 1, generator=generator)
+    output = target + torch.randn(100_000, 1, generator=generator)
+    result = evaluated(output, target, 4096, [name], "mse")  # last batch smaller
+    reference = {"mae": mean_absolute_error, "rmse": root_mean_squared_error}[name]
+    assert result.metrics[name] == pytest.approx(
+        reference(target.double().numpy(), output.double().numpy()), rel=1e-12
+    )
+
+
 @pytest.mark.parametrize(("name", "task"), CRITERION_TASKS)
 def test_evaluation_loss_is_exact_for_every_batch_split(name, task):
     output, target = split_for(task)

@@ -53,8 +53,11 @@ class _Totals:
         self, loss_names: tuple[str, ...], metrics: dict[str, MetricConfig], device
     ) -> None:
         self.loss_names, self.metrics = loss_names, metrics
-        self.loss_sums = torch.zeros(len(loss_names), device=device, dtype=torch.float64)
-        self.metric_sums = torch.zeros(len(metrics), device=device, dtype=torch.float64)
+        # float64, so that sums over a whole split lose nothing to rounding; MPS has no
+        # float64, so there they are float32 (counts stay exact up to 2**24).
+        self.dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+        self.loss_sums = torch.zeros(len(loss_names), device=device, dtype=self.dtype)
+        self.metric_sums = torch.zeros(len(metrics), device=device, dtype=self.dtype)
         self.metric_counts = [0] * len(metrics)
         self.num_samples = 0
         self.kept: dict[str, list[torch.Tensor]] = {}
@@ -78,7 +81,7 @@ class _Totals:
             [
                 self.loss_sums,
                 self.metric_sums,
-                torch.tensor(counts, device=device, dtype=torch.float64),
+                torch.tensor(counts, device=device, dtype=self.dtype),
             ]
         )
         if reduce is not None:
@@ -171,7 +174,7 @@ def evaluate_own_steps(
                 f"--metrics {' '.join(metrics)}: this model's evaluation step returns no "
                 "outputs['prediction'] to score; run it with --metrics and no names."
             )
-        batch_losses = torch.stack([losses[name].double() for name in loss_names])
+        batch_losses = torch.stack([losses[name].to(totals.dtype) for name in loss_names])
         output = None if prediction is None else prediction.float()
         totals.add(batch_losses * num_samples, num_samples, output, batch.get("target"))
         if keep_predictions:
