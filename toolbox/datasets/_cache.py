@@ -181,3 +181,10 @@ def load_or_decode(
     except (OSError, RuntimeError):
         pass
     return decoded
+
+
+def image_layout(shape: tuple[int, ...], splits: tuple[str, ...] = ("train", "test")) -> Layout:
+    """The layout of a decoded image classification dataset: uint8 images of ``shape`` and
+    int64 labels in every split, for ``load_or_decode(expected=...)``."""
+    sample = {"input": (torch.uint8, tuple(shape)), "target": (torch.int64, ())}
+    return {split: sample for split in splits}

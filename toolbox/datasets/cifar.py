@@ -25,7 +25,7 @@ class _CIFARFormat(FileDatasetConfig):
         from torchvision.datasets.utils import download_and_extract_archive
 
         from toolbox.data.splits import hold_out
-        from toolbox.datasets._cache import load_or_decode
+        from toolbox.datasets._cache import image_layout, load_or_decode
         from toolbox.datasets._files import (
             missing_files_error,
             read_cifar_batches,
@@ -64,7 +64,9 @@ class _CIFARFormat(FileDatasetConfig):
 
         if self.cache:
             sources = [folder / name for name in names]
-            decoded = load_or_decode(self.registered_name, folder, sources, decode)
+            decoded = load_or_decode(
+                self.registered_name, folder, sources, decode, expected=image_layout((3, 32, 32))
+            )
         else:
             decoded = decode()
         train, val = hold_out(decoded["train"], self.val_fraction, self.split_seed)

@@ -21,7 +21,7 @@ class _MNISTFormat(FileDatasetConfig):
         import torchvision
 
         from toolbox.data.splits import hold_out
-        from toolbox.datasets._cache import load_or_decode
+        from toolbox.datasets._cache import image_layout, load_or_decode
         from toolbox.datasets._files import fetch_idx_files, read_idx
 
         source = getattr(torchvision.datasets, self.torchvision_class)
@@ -57,7 +57,13 @@ class _MNISTFormat(FileDatasetConfig):
             return {"train": split("train"), "test": split("t10k")}
 
         if self.cache:
-            decoded = load_or_decode(self.registered_name, folder, list(files.values()), decode)
+            decoded = load_or_decode(
+                self.registered_name,
+                folder,
+                list(files.values()),
+                decode,
+                expected=image_layout((1, 28, 28)),
+            )
         else:
             decoded = decode()
         train, val = hold_out(decoded["train"], self.val_fraction, self.split_seed)
