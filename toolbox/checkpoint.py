@@ -225,3 +225,21 @@ def load_model_state(
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:300] if text else repr(error)
+
+
+def newest_finite(run_dir: Path) -> Path | None:
+    """The newest checkpoint in ``run_dir`` whose weights (and their average) are all finite,
+    for the message of a diverged run; None if there is none. The trainer never writes
+    non-finite weights, but a checkpoint of an older version may hold them."""
+    candidates = [Path(run_dir) / name for name in (LAST, BEST)]
+    candidates += [path for path in Path(run_dir).glob("checkpoint_e*.pth.tar")]
+    existing = [path for path in candidates if path.is_file()]
+    for path in sorted(existing, key=lambda path: path.stat().st_mtime, reverse=True):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - an unreadable file is simply not a good checkpoint
+            continue
+        weights = [*state.get("model", {}).values(), *(state.get("ema") or {}).values()]
+        if all(not w.is_floating_point() or bool(torch.isfinite(w).all()) for w in weights):
+            return path
+    return None

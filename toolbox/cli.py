@@ -6,7 +6,6 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 
 import tyro
@@ -23,6 +22,8 @@ from toolbox.config import (
 )
 from toolbox.errors import ArgumentParser, RunStopped, UserError
 from toolbox.launch import launched_rank, launched_world_size, rank_label
+from toolbox.run_lock import RunLock, move_aside
+from toolbox.stop_signals import watch_stop_signals
 
 
 def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> TrainingConfig:
@@ -93,10 +94,14 @@ def _latest_checkpoint(output_dir: Path, run_name: str | None) -> Path | None:
 
     run_dir = output_dir / run_name
     if (run_dir / LAST).exists():
-        return run_dir / LAST
-    if run_dir.exists() and launched_rank() == 0:
-        aside = run_dir.with_name(f"{run_name}.no-checkpoint-{datetime.now():%y%m%d_%H%M%S}")
-        run_dir.rename(aside)
+        return run_dir / LAST  # the trainer refuses it while another process holds it
+    if run_dir.is_dir() and launched_rank() == 0:
+        # Holding its lock while moving it, so that a live attempt is never moved away.
+        lock = RunLock.acquire(run_dir, "--resume auto")
+        try:
+            aside = move_aside(run_dir, "no-checkpoint")
+        finally:
+            lock.release()
         print(
             f"--resume auto: {run_dir} has no checkpoint; moved it to {aside}, starting over.",
             file=sys.stderr,
@@ -161,7 +166,11 @@ def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None)
         print_error(str(error))
         return error.exit_code
     except RunStopped as stopped:
-        return stopped.exit_code  # the trainer has said where it stopped and how to resume
+        if not stopped.reported:  # the trainer says itself where it stopped and how to resume
+            Console(stderr=True, highlight=False).print(
+                f"[bold]{rank_label()}{escape(str(stopped))}[/]", soft_wrap=True
+            )
+        return stopped.exit_code
     except KeyboardInterrupt:
         Console(stderr=True).print("[bold red]interrupted[/]")
         return 130
@@ -171,10 +180,20 @@ def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None)
         return 0
 
 
-def train_main(argv: list[str], program: str = "train.py", test_program: str = "test.py") -> int:
-    """train.py's work. ``program`` and ``test_program`` are the scripts (and leading arguments)
-    that messages and records name for resuming and evaluating the run: a script that
-    registers components of its own passes itself, since train.py does not know them."""
+def train_main(
+    argv: list[str], program: str = "train.py", test_program: Sequence[str] = ("test.py",)
+) -> int:
+    """train.py's work. ``program`` is the script and ``test_program`` the script and its
+    leading arguments that messages and records name for resuming and evaluating the run: a
+    script that registers components of its own passes itself, since train.py does not know
+    them. A stop signal at any moment, from here to the return, ends it with 128 + signal."""
+    with watch_stop_signals() as signals:
+        exit_code = _train_or_sweep(argv, program, tuple(test_program))
+        signals.raise_if_received("after the run had finished; it is complete and recorded so")
+    return exit_code
+
+
+def _train_or_sweep(argv: list[str], program: str, test_program: tuple[str, ...]) -> int:
     if any(arg == "--sweep" or arg.startswith("--sweep=") for arg in argv):
         if launched_world_size() > 1:
             raise UserError(
@@ -227,6 +246,6 @@ def script_main(defaults: Sequence[str], argv: Sequence[str] | None = None) -> i
     if argv[:1] == ["test"]:
         return run_cli(lambda args: test_main(args, f"{script} test"), argv[1:])
     return run_cli(
-        lambda args: train_main(args, program=script, test_program=f"{script} test"),
+        lambda args: train_main(args, program=script, test_program=(script, "test")),
         [*defaults, *argv],
     )

@@ -12,9 +12,11 @@ class UserError(Exception):
 class RunStopped(Exception):  # noqa: N818 - a requested stop, not an error
     """Training stopped on request (a signal) after saving its position; not an error."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, *, reported: bool = False) -> None:
+        """``reported``: the trainer has already told the user where it stopped."""
         super().__init__(message)
         self.exit_code = exit_code
+        self.reported = reported
 
 
 class DivergenceError(UserError):

@@ -9,6 +9,8 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+import torch
+
 from toolbox import checkpoint, records
 from toolbox.config import from_plain, to_plain
 from toolbox.errors import DivergenceError, LostContactError, RunStopped, UserError
@@ -57,6 +59,11 @@ class Progress:
         if "epoch_loss_sum" in saved:  # before named losses: the main loss alone
             saved["epoch_loss_sums"] = {MAIN_LOSS: saved.pop("epoch_loss_sum")}
         return cls(**saved)
+
+
+# The learning-rate factors runtime.json may set: beyond them a "factor" is a typo (or an
+# overflow) that would wreck the run rather than steer it.
+LR_SCALE_RANGE = (1e-6, 1e3)
 
 
 class RunControl:
@@ -167,15 +174,30 @@ class RunControl:
     def _read_lr_scale(self) -> float | None:
         path = self.run_dir / RUNTIME
         try:
-            scale = json.loads(path.read_text())["lr_scale"]
-            if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and scale > 0):
-                raise ValueError(f"lr_scale must be a positive number, not {scale!r}")
+            text = path.read_text()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except OSError as error:
             self.logger.info("runtime.json ignored: %s", error)
             return None
-        return scale
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or "lr_scale" not in data:
+                raise ValueError('it must be a JSON object such as {"lr_scale": 1.0}')
+            scale = data["lr_scale"]
+            low, high = LR_SCALE_RANGE
+            # JSON's NaN, Infinity and 1e400 parse as floats; none may reach the optimizer.
+            number = isinstance(scale, (int, float)) and not isinstance(scale, bool)
+            if not (number and low < scale <= high):
+                raise ValueError(
+                    f"lr_scale is {scale!r}; it must be a number in ({low:g}, {high:g}]"
+                )
+        except ValueError as error:
+            if text != self._ignored_runtime:  # said once per edit, not every epoch
+                self.logger.info("runtime.json ignored: %s", error)
+                self._ignored_runtime = text
+            return None
+        return float(scale)
 
     def _write_records(self, resumed: bool) -> None:
         config = self.config
@@ -249,7 +271,12 @@ class RunControl:
 
     def _save(self, name: str) -> None:
         """All ranks call it at the same step; rank 0 writes, and the others go on once the
-        file is complete (or all fail together)."""
+        file is complete (or all fail together). Weights that are no longer finite are never
+        written: a step can overflow them while its loss, computed before, was finite."""
+        if not self._weights_finite():
+            raise self._diverged(
+                f"the weights became non-finite by optimizer step {self.progress.step}"
+            )
         self.progress.elapsed_s = self._elapsed()
         ranks = self.dist.gather_to_main(self._rank_state())
         self.dist.run_on_main(lambda: self._write_checkpoint(name, ranks))
@@ -276,15 +303,10 @@ class RunControl:
 
     # --- stopping ------------------------------------------------------------------------
 
-    def _on_signal(self, signum: int, frame) -> None:
-        if self.signal_received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now (writes are atomic)
-        self.signal_received = signum
-
     def _agree_on_stop(self) -> None:
         """Under torchrun a signal may reach one rank only; all ranks learn of it here, at a
         step every rank calls this at, and stop after that same step."""
-        self.stop_signal = self.dist.agree_on_signal(self.signal_received, self.device)
+        self.stop_signal = self.dist.agree_on_signal(self.signals.received, self.device)
 
     def _average_gradients(self) -> None:
         """All-reduce the gradients by hand, when DDP's backward hook did not run."""
@@ -299,25 +321,34 @@ class RunControl:
         name = signal.Signals(self.stop_signal).name
         position = self.train_loader.state_dict()["next_batch"]
         self.logger.info(
-            "stopped by %s after step %d (epoch %d%s); continue with: python %s --resume %s",
+            "stopped by %s after step %d (epoch %d%s); continue with: %s",
             name,
             self.progress.step,
             self.progress.epoch + (1 if position else 0),
             f", batch {position} of {len(self.train_loader)}" if position else " done",
-            self.program,
-            self.run_dir / checkpoint.LAST,
+            self.resume_command(),
         )
-        raise RunStopped(f"stopped by {name}", 128 + self.stop_signal)
+        raise RunStopped(f"stopped by {name}", 128 + self.stop_signal, reported=True)
 
-    def _diverged(self, epoch_idx: int, batch_idx: int) -> DivergenceError:
+    def _weights_finite(self) -> bool:
+        """Whether every parameter and buffer (and their average) is finite: one fused
+        max-norm kernel per dtype and one host sync, a small cost beside a checkpoint."""
+        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        if self.ema is not None:
+            tensors += [t for t in self.ema.module.state_dict().values() if t.is_floating_point()]
+        if not tensors:
+            return True
+        norms = torch._foreach_norm(tensors, float("inf"))  # NaN and inf propagate
+        return bool(torch.stack([norm.float() for norm in norms]).isfinite().all())
+
+    def _diverged(self, what: str) -> DivergenceError:
         lr = self.optimizer.param_groups[0]["lr"]
-        last = self.run_dir / checkpoint.LAST
-        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
+        good = checkpoint.newest_finite(self.run_dir)
+        kept = f"the last good checkpoint is {good}" if good else "no good checkpoint was written"
         return DivergenceError(
-            f"the training loss became non-finite in epoch {epoch_idx + 1}, batch "
-            f"{batch_idx + 1} (after {self.progress.step} optimizer steps, lr {lr:.3g}); "
-            f"{kept}. Lower --optim.lr or set --clip-grad (e.g. 1.0), or use "
-            "--nan-policy skip to drop such batches."
+            f"{what} (after {self.progress.step} optimizer steps, lr {lr:.3g}); {kept}. Lower "
+            "--optim.lr or set --clip-grad (e.g. 1.0), or use --nan-policy skip to drop "
+            "batches whose loss is non-finite."
         )
 
     def _lost_contact(self, error: Exception) -> LostContactError:

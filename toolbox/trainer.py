@@ -6,7 +6,6 @@ import math
 import os
 import shlex
 import signal
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -32,6 +31,7 @@ from toolbox.progress import ProgressDisplay, format_duration
 from toolbox.run import LOG, MetricsTable, close_logging, new_run_dir, setup_logging
 from toolbox.run import METRICS as METRICS_FILE
 from toolbox.run_control import Progress, RunControl
+from toolbox.run_lock import RunLock
 from toolbox.runtime import (
     autocast,
     build_model,
@@ -40,8 +40,7 @@ from toolbox.runtime import (
     seed_everything,
 )
 from toolbox.steps import MAIN_LOSS, StepRunner, draw_figures, has_own_steps
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from toolbox.stop_signals import StopSignals, active_watch, watch_stop_signals
 
 
 class Trainer(RunControl):
@@ -53,17 +52,33 @@ class Trainer(RunControl):
         console: Console | None = None,
         command: list[str] | None = None,
         distributed: Distributed | None = None,
-        test_program: str = "test.py",
+        test_program: tuple[str, ...] = ("test.py",),
     ) -> None:
         """``command`` is the script and its arguments, as the user ran them (for run.json and
-        the resume hints); ``test_program`` the script the final hint says evaluates the run."""
+        the resume hints); ``test_program`` the script (and leading arguments) the final hint
+        says evaluates the run."""
         self.config = config
         self.command = command
-        self.program = shlex.quote(command[0]) if command else "train.py"
-        self.test_program = test_program
+        self.program = command[0] if command else "train.py"
+        self.test_program = tuple(test_program)
         self.dist = distributed or Distributed()
         # Only rank 0 prints and writes the run directory; the others stay quiet.
         self.console = console or Console(quiet=not self.dist.is_main)
+        # The command's watch when train_main runs us; fit() watches itself otherwise.
+        self.signals = active_watch() or StopSignals()
+        self.lock: RunLock | None = None
+        """The run directory's lock, held by rank 0 from before anything is written into it
+        until fit() ends (or this process does)."""
+        try:
+            self._set_up(config)
+        except BaseException:
+            self._release_run_dir()
+            raise
+
+    def _set_up(self, config: TrainingConfig) -> None:
+        if config.resume and self.dist.is_main:
+            # Before reading the checkpoint: a live run's directory is never touched.
+            self.lock = RunLock.acquire(Path(config.resume).parent, f"--resume {config.resume}")
         resumed = checkpoint.load_checkpoint(config.resume) if config.resume else None
 
         # Everything that can fail on user input happens before the run directory exists.
@@ -151,6 +166,8 @@ class Trainer(RunControl):
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.progress = Progress(steps_per_epoch=self.steps_per_epoch)
         self.resume_notes: list[str] = []
+        self._ignored_runtime: str | None = None
+        """The runtime.json text last ignored, so that a bad edit is logged once."""
         if resumed is not None:
             self._restore(resumed)
             if self.progress.epoch >= config.epochs:
@@ -172,17 +189,14 @@ class Trainer(RunControl):
             self.eval_forward = self.forward_model
         else:
             self.eval_forward = StepRunner(self.ema.module) if self.own_steps else self.ema.module
-        self.signal_received: int | None = None
-        """The last stop signal this process received."""
         self.stop_signal: int | None = None
         """The stop signal all ranks agreed on (see _agree_on_stop)."""
         self.compiled_warm = False
 
-        self.run_dir = Path(
-            self.dist.run_on_main(
-                lambda: str(Path(config.resume).parent if resumed else new_run_dir(config))
-            )
-        )
+        self._agree_on_stop()
+        if self.stop_signal is not None:
+            self._stop_before_the_first_step()
+        self.run_dir = Path(self.dist.run_on_main(lambda: str(self._claim_run_dir(resumed))))
         self.logger = setup_logging(
             self.run_dir / LOG if self.dist.is_main else None,
             self.console,
@@ -210,19 +224,47 @@ class Trainer(RunControl):
                 f" (x{config.grad_accum} accumulated per step)" if config.grad_accum > 1 else "",
             )
 
+    def _stop_before_the_first_step(self) -> None:
+        """A stop during set-up writes no checkpoint: a new run's directory then holds none,
+        which the same command moves aside before starting again (see new_run_dir)."""
+        kept = "its checkpoint is unchanged" if self.config.resume else "no checkpoint was written"
+        raise RunStopped(
+            f"stopped by {signal.Signals(self.stop_signal).name} during set-up, before the "
+            f"first step; {kept}: run the same command again.",
+            128 + self.stop_signal,
+        )
+
+    def _claim_run_dir(self, resumed: dict | None) -> Path:
+        if resumed:
+            return Path(self.config.resume).parent  # its lock is held already
+        run_dir, self.lock = new_run_dir(self.config)
+        return run_dir
+
+    def _release_run_dir(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     # --- the loop ------------------------------------------------------------------------
 
     def fit(self) -> Path:
+        try:
+            with watch_stop_signals() as self.signals:
+                return self._fit()
+        finally:
+            self._release_run_dir()
+
+    def _fit(self) -> Path:
         config = self.config
         self._session_started = time.perf_counter()
         self._elapsed_before = self.progress.elapsed_s
         total_steps = self.steps_per_epoch * config.epochs
         display = ProgressDisplay(self.console, self.logger, total_steps, self.progress.step)
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         stop_reason = None
         try:
+            self._agree_on_stop()
+            if self.stop_signal is not None:  # came after the run directory was set up
+                self._stop_before_the_first_step()
             with display:
                 for epoch_idx in range(self.progress.epoch, config.epochs):
                     self._read_runtime()
@@ -242,7 +284,6 @@ class Trainer(RunControl):
                         break
                     if self.progress.epoch < config.epochs:  # a stop after the last: finished
                         self._stop_if_requested()
-            self._agree_on_stop()  # a signal during the last epoch's evaluation and save
             self.plotter.update(force=True)
             if self.dist.is_main:
                 final = {**self.last_values, f"best_{config.monitor}": self.progress.best_value}
@@ -252,6 +293,8 @@ class Trainer(RunControl):
                     {key: value for key, value in final.items() if value is not None},
                     step=self.progress.epoch,
                 )
+            # A signal during the last epoch's evaluation and save, or the records above.
+            self._agree_on_stop()
         except RunStopped as stopped:
             self.plotter.update(force=True)
             self.record.finish("interrupted", reason=str(stopped))
@@ -265,9 +308,8 @@ class Trainer(RunControl):
             resume_from = self.run_dir / checkpoint.LAST
             if resume_from.exists():
                 self.logger.info(
-                    "interrupted; continue from the last checkpoint with: python %s --resume %s",
-                    self.program,
-                    resume_from,
+                    "interrupted; continue from the last checkpoint with: %s",
+                    self.resume_command(),
                 )
             raise
         except Exception as error:
@@ -278,30 +320,32 @@ class Trainer(RunControl):
             self.record.finish("failed", error=f"{type(error).__name__}: {error}")
             raise
         finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
             self.writer.close()
         self.record.finish("finished", reason=stop_reason)
         best = self.progress.best_value
         self.logger.info(
-            "done: %d epochs in %s; best %s %s at epoch %s. Evaluate on the test split with: "
-            "python %s %s",
+            "done: %d epochs in %s; best %s %s at epoch %s. Evaluate on the test split with: %s",
             self.progress.epoch,
             format_duration(self.progress.elapsed_s),
             config.monitor,
             "n/a" if best is None else f"{best:.4f}",
             self.progress.best_epoch,
-            self.test_program,
-            self.run_dir,
+            shlex.join(["python", *self.test_program, str(self.run_dir)]),
         )
-        close_logging(self.logger)
         if self.stop_signal is not None:
-            # The stop came during the last epoch: the run is complete (and recorded so), but
-            # whoever asked to stop, a scheduler or a sweep, is still told.
-            raise RunStopped(
-                f"stopped by {signal.Signals(self.stop_signal).name}", 128 + self.stop_signal
-            )
+            # The stop came during the last epoch or the end-of-run records: the run is
+            # complete (and recorded so), but whoever asked to stop, a scheduler or a sweep,
+            # is still told.
+            name = signal.Signals(self.stop_signal).name
+            self.logger.info("stopped by %s after the run had finished; it is complete", name)
+            close_logging(self.logger)
+            raise RunStopped(f"stopped by {name}", 128 + self.stop_signal, reported=True)
+        close_logging(self.logger)
         return self.run_dir
+
+    def resume_command(self) -> str:
+        """The shell command that continues this run, quoted for copy and paste."""
+        return shlex.join(["python", self.program, "--resume", str(self.run_dir / checkpoint.LAST)])
 
     def _train_epoch(self, epoch_idx: int, display: ProgressDisplay) -> float:
         config, device, progress = self.config, self.device, self.progress
@@ -334,7 +378,7 @@ class Trainer(RunControl):
             totals, count = [0.0] * len(self.loss_names), 0
             for (batch_idx, _, _), row in zip(window, reduced, strict=True):
                 if not math.isfinite(row[0]):  # the main loss, on any rank: all stop together
-                    raise self._diverged(epoch_idx, batch_idx)
+                    raise self._diverged(loss_became_non_finite(epoch_idx, batch_idx))
                 totals = [total + value for total, value in zip(totals, row[:-1], strict=True)]
                 count += round(row[-1])
             sums = progress.epoch_loss_sums
@@ -380,7 +424,7 @@ class Trainer(RunControl):
                     progress.nan_skips,
                 )
                 if progress.nan_skips > config.max_nan_skips:
-                    raise self._diverged(epoch_idx, batch_idx)
+                    raise self._diverged(loss_became_non_finite(epoch_idx, batch_idx))
                 if self.ddp and steps_now:
                     self._average_gradients()  # the group's earlier batches skipped theirs
             if not steps_now:
@@ -506,3 +550,7 @@ class Trainer(RunControl):
         if self.dist.is_main:
             figures = draw_figures(self.evaluated_model)
             records.write_figures(self.writer, self.run_dir, figures, self.progress.epoch)
+
+
+def loss_became_non_finite(epoch_idx: int, batch_idx: int) -> str:
+    return f"the training loss became non-finite in epoch {epoch_idx + 1}, batch {batch_idx + 1}"
