@@ -361,3 +361,55 @@ def test_sample_grid_of_float_colour_images_keeps_64(writer, tmp_path):
     assert (event.width, event.height) == (8 * (49 + 2) + 2, 8 * (35 + 2) + 2)
     _, again = decode_image(events, "samples/normalized")
     assert np.abs(pixels.astype(int) - again.astype(int)).max() <= 1  # same picture
+
+
+# --- metrics.csv torn or damaged, met on resume ---------------------------------------------
+
+
+def epochs_and_steps(csv_path: Path) -> list[tuple[str, str]]:
+    import csv
+
+    with open(csv_path, newline="") as file:
+        return [(row["epoch"], row["step"]) for row in csv.DictReader(file)]
+
+
+@pytest.mark.parametrize("torn_row", ["2", "2,1"])
+def test_a_resume_drops_the_row_a_killed_append_cut_short(train, tmp_path, torn_row):
+    # Killed while appending epoch 2's row, before epoch 2's checkpoint: the file ends in
+    # half a row, without its newline.
+    assert train(*TINY, "--epochs", "1", "--run-name", "torn") == 0
+    run_dir = tmp_path / "outputs" / "torn"
+    with open(run_dir / "metrics.csv", "a", newline="") as file:
+        file.write(torn_row)
+    assert train("--resume", str(run_dir / "checkpoint.pth.tar"), "--epochs", "2") == 0
+    assert epochs_and_steps(run_dir / "metrics.csv") == [("1", "9"), ("2", "18")]
+    log = (run_dir / "training.log").read_text()
+    assert f"dropped its last line {torn_row!r}, cut short by an interrupted write" in log
+    assert not list(run_dir.glob("metrics.csv.*"))  # nothing of value to keep aside
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(
+            lambda lines: [lines[0], b"\x00\x89PNG\x1a\xff\xfe", *lines[2:]], id="garbage"
+        ),
+        pytest.param(lambda lines: [lines[0][10:], *lines[1:]], id="cut-header"),
+    ],
+)
+def test_a_resume_sets_a_damaged_metrics_table_aside_and_keeps_its_readable_rows(
+    train, tmp_path, damage
+):
+    assert train(*TINY, "--run-name", "bad") == 0
+    run_dir = tmp_path / "outputs" / "bad"
+    table = run_dir / "metrics.csv"
+    damaged = b"\r\n".join(damage(table.read_bytes().split(b"\r\n")))
+    table.write_bytes(damaged)
+    assert train("--resume", str(run_dir / "checkpoint.pth.tar"), "--epochs", "3") == 0
+    [aside] = run_dir.glob("metrics.csv.damaged-*")
+    assert aside.read_bytes() == damaged  # the original, byte for byte: nothing is lost
+    # A garbage row is dropped and the others kept; without its header no row can be read.
+    readable = [("2", "18")] if damaged.startswith(b"epoch,step") else []
+    assert epochs_and_steps(table) == [*readable, ("3", "27")]
+    log = (run_dir / "training.log").read_text()
+    assert "metrics.csv was damaged (line " in log and f"kept it as {aside.name}" in log

@@ -62,9 +62,8 @@ def _git(repo: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
 
 
-def test_uncommitted_code_is_saved_as_a_diff(tmp_path, monkeypatch):
-    from toolbox.config import TrainingConfig
-
+def dirty_repo(tmp_path: Path, monkeypatch) -> Path:
+    """A git checkout of a one-file toolbox with an uncommitted change; its source file."""
     repo = tmp_path / "repo"
     (repo / "toolbox").mkdir(parents=True)
     source = repo / "toolbox" / "__init__.py"
@@ -75,6 +74,13 @@ def test_uncommitted_code_is_saved_as_a_diff(tmp_path, monkeypatch):
     _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "code")
     source.write_text("a = 2\n")
     monkeypatch.setattr(toolbox, "__file__", str(source))
+    return source
+
+
+def test_uncommitted_code_is_saved_as_a_diff(tmp_path, monkeypatch):
+    from toolbox.config import TrainingConfig
+
+    dirty_repo(tmp_path, monkeypatch)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     RunRecord(run_dir).start(TrainingConfig())
@@ -187,6 +193,112 @@ def test_runs_mistakes_get_one_message(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     assert runs("diff", "a") == 2
     assert "two runs" in capsys.readouterr().err
+
+
+# --- damaged records ---------------------------------------------------------------------
+
+# What a cut-short write, a stray editor or a broken disk leaves in run.json.
+DAMAGED_RECORDS = {
+    "truncated": lambda sound: sound[: len(sound) // 2],
+    "list": lambda sound: b"[]",
+    "sessions-number": lambda sound: b'{"sessions": 5}',
+    "binary": lambda sound: b"\x00\x89PNG\r\n",
+}
+
+
+@pytest.fixture
+def finished_run(train, tmp_path) -> Path:
+    assert train(*TINY, "--run-name", "sound") == 0
+    return tmp_path / "outputs" / "sound"
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_RECORDS))
+def test_resuming_over_a_damaged_run_json_keeps_it_aside_and_the_run_id(
+    finished_run, train, damage
+):
+    sound = (finished_run / "run.json").read_bytes()
+    damaged = DAMAGED_RECORDS[damage](sound)
+    (finished_run / "run.json").write_bytes(damaged)
+    checkpoint = finished_run / "checkpoint.pth.tar"
+    assert train("--resume", str(checkpoint), "--epochs", "3") == 0
+    [aside] = finished_run.glob("run.json.damaged-*")
+    assert aside.read_bytes() == damaged  # kept as it was
+    fresh = record(finished_run)
+    # The checkpoint's id, so that `runs which` still finds the run from its checkpoints.
+    assert fresh["run_id"] == json.loads(sound)["run_id"]
+    assert fresh["run_id"] == torch.load(checkpoint, weights_only=True)["run_id"]
+    assert fresh["status"] == "finished" and fresh["epochs_done"] == 3
+    assert fresh["damaged_record"] == aside.name and len(fresh["sessions"]) == 1
+    log = (finished_run / "training.log").read_text()
+    assert "run.json is damaged (" in log and f"kept it as {aside.name}" in log
+
+
+def test_a_fresh_record_never_overwrites_an_earlier_sessions_code_diff(tmp_path, monkeypatch):
+    from toolbox.config import TrainingConfig
+
+    source = dirty_repo(tmp_path, monkeypatch)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    RunRecord(run_dir).start(TrainingConfig())
+    (run_dir / "run.json").write_text("{")  # damaged before the next session
+    source.write_text("a = 3\n")
+    RunRecord(run_dir).start(TrainingConfig())
+    assert "+a = 2" in (run_dir / "code.diff").read_text()  # the first session's code
+    diff = record(run_dir)["sessions"][0]["diff"]
+    assert diff != "code.diff" and "+a = 3" in (run_dir / diff).read_text()
+
+
+def test_the_runs_table_shows_a_damaged_record_as_a_damaged_row(finished_run, capsys):
+    outputs = finished_run.parent
+    good = record(finished_run)
+    for damage, make in DAMAGED_RECORDS.items():
+        (outputs / damage).mkdir()
+        (outputs / damage / "run.json").write_bytes(make(json.dumps(good).encode()))
+    (outputs / "status-number").mkdir()
+    (outputs / "status-number" / "run.json").write_text(json.dumps({**good, "status": 3}))
+    alive_elsewhere = {**good, "status": "running", "run_id": "x"}
+    alive_elsewhere["sessions"] = [{**good["sessions"][0], "pid": 2**70}]  # no such process
+    (outputs / "huge-pid").mkdir()
+    (outputs / "huge-pid" / "run.json").write_text(json.dumps(alive_elsewhere))
+
+    assert runs(str(outputs), "--csv") == 0
+    out, err = capsys.readouterr()
+    status = {row["run"]: row["status"] for row in csv.DictReader(out.splitlines())}
+    assert status == {
+        "sound": "finished",
+        "huge-pid": "crashed",
+        "status-number": "damaged",
+        **dict.fromkeys(DAMAGED_RECORDS, "damaged"),
+    }
+    assert f"{outputs / 'status-number' / 'run.json'} is damaged: status is 3" in err
+    assert err.count("is damaged") == 5
+    assert runs(str(outputs), "--status", "damaged") == 0
+    assert "5 runs" in capsys.readouterr().out
+    # The damaged records do not hide the sound one from `runs which`.
+    assert runs("which", str(finished_run / "checkpoint.pth.tar"), "--dir", str(outputs)) == 0
+    assert f"run {finished_run}" in capsys.readouterr().out
+
+
+def test_runs_show_and_diff_read_a_damaged_config_from_the_checkpoint(finished_run, capsys):
+    (finished_run / "run.json").write_text("[")
+    (finished_run / "config.json").write_bytes(b"\x89garbage")
+    (finished_run / "metrics.csv").write_bytes(b"\x00\x00\x00")
+    assert runs("show", str(finished_run)) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"{finished_run}: damaged" in shown and "run.json is damaged: not valid JSON" in shown
+    assert "config.json is unreadable" in shown and "the config below is" in shown
+    assert "optim.lr" in shown and "metrics.csv has 1 unreadable line" in shown
+
+    other = finished_run.parent / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"arch": "mlp"}))
+    assert runs("diff", str(finished_run), str(other)) == 0
+    assert "optim.lr" in capsys.readouterr().out  # the checkpoint's config, compared
+    (other / "config.json").write_text('{"arch": ')
+    assert runs("diff", str(finished_run), str(other)) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("error:") == 1 and f"{other / 'config.json'} is unreadable" in err
+    assert "has no checkpoint.pth.tar to read it from" in err
 
 
 # --- early stopping and runtime changes --------------------------------------------------

@@ -148,6 +148,70 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(train, tmp_path, capsys)
     assert "validation split of 'synthetic' is empty" in err
 
 
+def test_a_sweep_run_again_over_damaged_records_carries_on(train, tmp_path, capsys):
+    args = [*TINY, "--sweep", "seed=0,1,2", "--run-name", "hurt"]
+    assert train(*args) == 0
+    sweep = tmp_path / "outputs" / "hurt"
+    sound = record(sweep / "seed=0")
+    (sweep / "seed=0" / "run.json").write_text("[]")  # its checkpoint holds the whole run
+    (sweep / "seed=1" / "config.json").write_text('{"arch": ')  # its checkpoint has the options
+    (sweep / "seed=2" / "checkpoint.pth.tar").unlink()
+    (sweep / "seed=2" / "run.json").write_text('{"sessions": 5}')  # and nothing to resume from
+    capsys.readouterr()
+    before = checkpoint_times(sweep, ["seed=0", "seed=1"])
+    assert train(*args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "seed=0: damaged run.json, but its checkpoint holds the whole run; recorded" in out
+    assert "seed=1: finished before; skipped" in out
+    assert "seed=2: damaged, no checkpoint; moved to seed=2.partial-" in out
+    assert checkpoint_times(sweep, ["seed=0", "seed=1"]) == before  # neither trained again
+    rebuilt = record(sweep / "seed=0")
+    [aside] = (sweep / "seed=0").glob("run.json.damaged-*")
+    assert rebuilt["damaged_record"] == aside.name and aside.read_text() == "[]"
+    assert (rebuilt["run_id"], rebuilt["status"], rebuilt["best"]) == (
+        sound["run_id"],
+        "finished",
+        sound["best"],
+    )
+    values = [record(sweep / f"seed={seed}")["best"]["value"] for seed in range(3)]
+    table = summary(sweep)
+    assert table[["runs", "failed"]].values.tolist() == [[3, 0]]
+    assert table["mean"][0] == pytest.approx(statistics.fmean(values))
+
+    # Without the checkpoint, nothing tells which options the run with a damaged
+    # config.json had: counting it in this sweep could mix two sweeps.
+    (sweep / "seed=1" / "checkpoint.pth.tar").unlink()
+    assert train(*args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("error:") == 1 and f"{sweep / 'seed=1' / 'config.json'} is unreadable" in err
+    assert f"move {sweep / 'seed=1'} aside to train it again" in err
+
+
+def test_a_sweep_moves_aside_a_long_named_run_without_checkpoint_unless_in_use(
+    train, tmp_path, capsys
+):
+    from toolbox.run_lock import RunLock
+
+    name = "optim.lr=0.001".ljust(250, "0")  # a legal name, too long for a ".partial-" suffix
+    sweep = tmp_path / "outputs" / "long"
+    (sweep / name).mkdir(parents=True)  # an attempt that died before its first checkpoint
+    args = [*TINY, "--sweep", name, "--run-name", "long"]
+    lock = RunLock.acquire(sweep / name, "the test")  # as if another process were training it
+    try:
+        assert train(*args) == 2
+    finally:
+        lock.release()
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("error:") == 1 and "--sweep: " in err
+    assert "is in use by another live process" in err
+    assert [path.name for path in sweep.iterdir() if path.is_dir()] == [name]  # not moved
+
+    assert train(*args) == 0
+    [aside] = sweep.glob("*.partial-*")
+    assert len(aside.name.encode()) <= 255 and ".partial-" in aside.name  # shortened, kept
+    assert record(sweep / name)["status"] == "finished"
+
+
 def test_summary_from_hand_written_records(tmp_path):
     from toolbox.sweep import summarize
 

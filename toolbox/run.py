@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -145,14 +146,131 @@ class RunRecord:
     """``run.json``: how the run was made (command, host, code) and how it went (status,
     sessions, best metric, why it stopped), so that it can be reproduced and compared."""
 
+    # The JSON types each field must have where present. A record that breaks them was cut
+    # short or edited by hand; reading on would fail far from the cause (a resumed session's
+    # append, the listing's formatting).
+    FIELDS: dict[str, tuple[type, ...]] = {
+        "run_id": (str,),
+        "created": (str,),
+        "sessions": (list,),
+        "status": (str,),
+        "arch": (str,),
+        "dataset": (str,),
+        "epochs": (int,),
+        "monitor": (str,),
+        "error": (str, type(None)),
+        "stop_reason": (str, type(None)),
+        "epochs_done": (int,),
+        "best": (dict,),
+        "duration_s": (int, float),
+        "ended": (str,),
+        "damaged_record": (str,),
+    }
+    BEST_FIELDS: dict[str, tuple[type, ...]] = {
+        "metric": (str,),
+        "value": (int, float, type(None)),
+        "epoch": (int, type(None)),
+    }
+    SESSION_FIELDS: dict[str, tuple[type, ...]] = {
+        "started": (str,),
+        "ended": (str,),
+        "command": (str,),
+        "cwd": (str,),
+        "hostname": (str,),
+        "pid": (int,),
+        "git": (dict,),
+        "diff": (str,),
+        "source_sha256": (dict,),
+    }
+    _TYPE_NAMES = {
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+    }
+
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.path = run_dir / RECORD
-        self.data: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data: dict = {}
+        self.damaged_copy: Path | None = None
+        """Where a damaged run.json found on resume was kept; the fresh record names it."""
+        if not self.path.exists():
+            return
+        try:
+            self.data = self.read(self.path)
+        except OSError as error:
+            raise UserError(
+                f"cannot read {self.path} ({error}); fix its permissions, then run this again."
+            ) from error
+        except ValueError as damage:
+            # Repaired, not refused: the run's state is in its checkpoint and run.json only
+            # describes it, so refusing would stop a sound run over its notes. The damaged
+            # file is kept (its earlier sessions may still be read by hand), nothing is lost.
+            self.damaged_copy = move_aside(self.path, "damaged")
+            logging.getLogger("toolbox").warning(
+                "%s is damaged (%s); kept it as %s and started a fresh record of this run",
+                self.path,
+                damage,
+                self.damaged_copy.name,
+            )
+
+    @classmethod
+    def read(cls, path: Path) -> dict:
+        """The record in ``path``, or a ValueError saying what makes it no sound run.json
+        (an OSError when it cannot be read at all)."""
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except ValueError as error:  # cut short, or not text at all
+            raise ValueError(f"not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds {json.dumps(data)[:40]}, not a JSON object")
+        problems = cls._wrong_types(data, cls.FIELDS, "")
+        if isinstance(data.get("best"), dict):
+            problems += cls._wrong_types(data["best"], cls.BEST_FIELDS, "best.")
+        sessions = data.get("sessions")
+        for number, session in enumerate(sessions if isinstance(sessions, list) else []):
+            where = f"sessions[{number}]"
+            if not isinstance(session, dict):
+                problems.append(f"{where} is {json.dumps(session)[:40]}, not an object")
+                continue
+            problems += cls._wrong_types(session, cls.SESSION_FIELDS, f"{where}.")
+            pid = session.get("pid")
+            if isinstance(pid, int) and pid <= 0:  # os.kill(0 or -1) would signal many
+                problems.append(f"{where}.pid is {pid}, not a process id")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return data
+
+    @classmethod
+    def _wrong_types(cls, data: dict, fields: dict[str, tuple[type, ...]], prefix: str) -> list:
+        wrong = []
+        for key, allowed in fields.items():
+            if key not in data:
+                continue
+            value = data[key]
+            # JSON's true and false are Python bools, which are ints too, yet no field's value.
+            if not isinstance(value, allowed) or isinstance(value, bool):
+                expected = " or ".join(dict.fromkeys(cls._TYPE_NAMES[kind] for kind in allowed))
+                wrong.append(f"{prefix}{key} is {json.dumps(value)[:40]}, not {expected}")
+        return wrong
 
     @property
     def run_id(self) -> str:
         return self.data["run_id"]
+
+    @staticmethod
+    def _new_run_id(config: TrainingConfig) -> str:
+        """A fresh id, except for a resumed run whose record was lost or damaged: it keeps
+        its checkpoint's, so that ``runs which`` still finds the run from its checkpoints."""
+        if config.resume is not None:
+            # mmap: only the pickled structure is read, not the weights.
+            state = torch.load(config.resume, map_location="cpu", weights_only=True, mmap=True)
+            if isinstance(state.get("run_id"), str):
+                return state["run_id"]
+        return uuid.uuid4().hex
 
     def start(
         self, config: TrainingConfig, command: list[str] | None = None, git: dict | None = None
@@ -162,8 +280,11 @@ class RunRecord:
         when the caller has it already (environment() reads it)."""
         code_dir = Path(toolbox.__file__).resolve().parent
         git = git or git_state(code_dir)
-        if not self.data:
-            self.data = {"run_id": uuid.uuid4().hex, "created": _now(), "sessions": []}
+        if "run_id" not in self.data:  # a new run, or a record without one (hand-written)
+            self.data = {"run_id": self._new_run_id(config), "created": _now(), **self.data}
+        self.data.setdefault("sessions", [])
+        if self.damaged_copy is not None:
+            self.data["damaged_record"] = self.damaged_copy.name
         session = {
             "started": _now(),
             "command": shlex.join(["python", *(command or sys.argv)]),
@@ -179,6 +300,9 @@ class RunRecord:
             diff = _git(code_dir, "diff", "HEAD") or ""
             number = len(self.data["sessions"]) + 1
             name = "code.diff" if number == 1 else f"code.session{number}.diff"
+            while (self.run_dir / name).exists():  # a record started afresh: keep the old
+                number += 1
+                name = f"code.session{number}.diff"
             (self.run_dir / name).write_text(diff)
             session["diff"] = name
         self.data["sessions"].append(session)
@@ -202,6 +326,27 @@ class RunRecord:
             duration_s=round(elapsed_s, 3),
         )
         self.save()
+
+    def rebuild(self, state: dict) -> None:
+        """Record a complete run from its last checkpoint ``state``, when its run.json was
+        damaged (and set aside): the status and best value a sweep counts are in the
+        checkpoint; the sessions are only in the damaged copy."""
+        config, progress = state["config"], state["progress"]
+        run_id = state.get("run_id")
+        self.data = {
+            "run_id": run_id if isinstance(run_id, str) else uuid.uuid4().hex,
+            "created": _now(),
+            "sessions": [],
+            **{key: config[key] for key in ("arch", "dataset", "epochs", "monitor")},
+            "status": "finished",
+            "error": None,
+            "stop_reason": None,
+        }
+        if self.damaged_copy is not None:
+            self.data["damaged_record"] = self.damaged_copy.name
+        self.progress(
+            progress["epoch"], progress["best_value"], progress["best_epoch"], progress["elapsed_s"]
+        )
 
     def finish(self, status: str, *, error: str | None = None, reason: str | None = None) -> None:
         self.data["sessions"][-1]["ended"] = _now()
@@ -246,21 +391,88 @@ class MetricsTable:
         self.path = path
         self.columns = columns
 
+    @staticmethod
+    def read(path: Path) -> tuple[list[str] | None, list[list[str]], bytes, list[str]]:
+        """What ``path`` holds: its header (None without a usable one), the rows that read
+        whole, its last line if an append killed midway left it without its newline (else
+        b""), and what is wrong with each other line that does not read."""
+        lines = path.read_bytes().split(b"\n")
+        torn = lines.pop()  # b"" after the newline that ends every complete line
+        header: list[str] | None = None
+        rows: list[list[str]] = []
+        damaged: list[str] = []
+        for number, line in enumerate(lines, 1):
+            try:
+                text = line.decode("utf-8", "replace").removesuffix("\r")
+                if "\0" in text or "\ufffd" in text:
+                    raise ValueError("binary bytes, not text")
+                fields = next(csv.reader([text]), [])
+                if header is None:
+                    if number > 1:
+                        raise ValueError("no header to read it by")
+                    if "step" not in fields or "" in fields or len(set(fields)) < len(fields):
+                        raise ValueError(f"{text[:60]!r} is no header of column names")
+                    header = fields
+                    continue
+                if len(fields) != len(header):
+                    raise ValueError(f"{len(fields)} values where the header has {len(header)}")
+                int(fields[header.index("step")])
+                for value in fields:
+                    if value:
+                        float(value)  # every column is a number: anything else is garbage
+            except (ValueError, csv.Error) as error:
+                damaged.append(f"line {number}: {str(error)[:80]}")
+                continue
+            rows.append(fields)
+        return header, rows, torn, damaged
+
     def drop_rows_after(self, step: int) -> None:
-        """Remove rows logged after ``step``: a resumed run is about to log them again."""
+        """Remove rows logged after ``step`` (a resumed run is about to log them again) and
+        the lines an interrupted or damaged write left unreadable, saying so in the log: new
+        rows must never be glued onto half a row."""
+        try:
+            self._repair(step)
+        except OSError as error:
+            raise UserError(
+                f"cannot repair {self.path} ({error}); free space or fix its permissions, then "
+                "resume again."
+            ) from error
+
+    def _repair(self, step: int) -> None:
         if not self.path.exists():
             return
-        with open(self.path, newline="") as file:
-            rows = list(csv.DictReader(file))
-        kept = [row for row in rows if int(row["step"]) <= step]
-        if len(kept) == len(rows):
+        header, rows, torn, damaged = self.read(self.path)
+        kept = [row for row in rows if header and int(row[header.index("step")]) <= step]
+        if len(kept) == len(rows) and not torn and not damaged:
             return
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        with open(temporary, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(kept)
-        os.replace(temporary, self.path)
+        logger = logging.getLogger("toolbox")
+        if torn:
+            # A killed append: that evaluation came after the checkpoint (which is written
+            # after it), so the resumed run logs it again and dropping it loses nothing.
+            logger.warning(
+                "%s: dropped its last line %r, cut short by an interrupted write",
+                self.path,
+                torn[:60].decode("utf-8", "replace"),
+            )
+        if damaged:
+            # Repaired, not refused: the table is a log of evaluations and the run's state is
+            # in its checkpoint, so refusing would stop a sound run over a log the user could
+            # only set aside by hand. Doing that here and keeping the readable rows loses
+            # nothing: the original stays beside it.
+            aside = move_aside(self.path, "damaged")
+            unlisted = len(damaged) - 3
+            shown = "; ".join(damaged[:3]) + (f"; {unlisted} more such" if unlisted > 0 else "")
+            logger.warning(
+                "%s was damaged (%s); kept it as %s and rewrote it with its %d readable rows",
+                self.path,
+                shown,
+                aside.name,
+                len(kept),
+            )
+        table = io.StringIO()
+        if header is not None:  # without one, append starts the table afresh
+            csv.writer(table).writerows([header, *kept])
+        write_text_atomic(self.path, table.getvalue())
 
     def append(self, row: dict) -> None:
         new = not self.path.exists() or self.path.stat().st_size == 0

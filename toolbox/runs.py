@@ -11,9 +11,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from toolbox.checkpoint import LAST, load_checkpoint
 from toolbox.config import flat
 from toolbox.errors import ArgumentParser, UserError
-from toolbox.run import CONFIG, METRICS, RECORD
+from toolbox.run import CONFIG, METRICS, RECORD, MetricsTable, RunRecord
 
 USAGE = """\
 python -m toolbox runs [DIR] [--csv] [--arch A] [--dataset D] [--status S]
@@ -24,17 +25,23 @@ python -m toolbox runs which CHECKPOINT [--dir DIR]
 DIR defaults to outputs/. RUN is a run directory (or its name under outputs/)."""
 
 
-def _records(directory: Path) -> list[tuple[Path, dict]]:
-    """Every run under ``directory`` (sweeps nest theirs one level deeper)."""
+def _records(directory: Path) -> list[tuple[Path, dict | None, str | None]]:
+    """Every run under ``directory`` (sweeps nest theirs one level deeper) with its record,
+    or with None and what is wrong when its run.json is damaged (it is replaced whole, so a
+    reader never sees one half-written)."""
     if not directory.is_dir():
         raise UserError(f"{directory} is not a directory of runs; give one, e.g. outputs.")
-    found = []
-    for path in sorted(directory.rglob(RECORD)):
-        try:
-            found.append((path.parent, json.loads(path.read_text())))
-        except (OSError, ValueError):
-            continue  # a record being rewritten right now, or not ours
-    return found
+    return [(path.parent, *_record(path.parent)) for path in sorted(directory.rglob(RECORD))]
+
+
+def _record(run_dir: Path) -> tuple[dict | None, str | None]:
+    """The run's record ({} when it has none), or None and what makes it unreadable."""
+    if not (run_dir / RECORD).exists():
+        return {}, None
+    try:
+        return RunRecord.read(run_dir / RECORD), None
+    except (OSError, ValueError) as error:
+        return None, str(error)
 
 
 def _status(record: dict) -> str:
@@ -45,14 +52,17 @@ def _status(record: dict) -> str:
     if status == "running" and session.get("hostname") == socket.gethostname():
         try:
             os.kill(session["pid"], 0)
-        except (ProcessLookupError, KeyError, TypeError):
+        except (ProcessLookupError, KeyError, OverflowError):
             return "crashed"
         except PermissionError:
             pass  # alive, another user's
     return status
 
 
-def _row(run_dir: Path, root: Path, record: dict) -> dict:
+def _row(run_dir: Path, root: Path, record: dict | None) -> dict:
+    """The run's row in the table; a damaged record (None) gives a row that says so."""
+    sound = record is not None
+    record = record or {}
     best = record.get("best") or {}
     value = best.get("value")
     return {
@@ -60,9 +70,9 @@ def _row(run_dir: Path, root: Path, record: dict) -> dict:
         "date": record.get("created", "").replace("T", " "),
         "arch": record.get("arch"),
         "dataset": record.get("dataset"),
-        "epochs": f"{record.get('epochs_done', 0)}/{record.get('epochs', '?')}",
+        "epochs": f"{record.get('epochs_done', 0)}/{record.get('epochs', '?')}" if sound else "",
         "best": "" if value is None else f"{best.get('metric')} {value:.4g}",
-        "status": _status(record),
+        "status": _status(record) if sound else "damaged",
         "duration_s": record.get("duration_s"),
     }
 
@@ -74,7 +84,8 @@ def list_runs(args: list[str]) -> None:
     for name in ("arch", "dataset", "status"):
         parser.add_argument(f"--{name}")
     options = parser.parse_args(args)
-    rows = [_row(run_dir, options.dir, record) for run_dir, record in _records(options.dir)]
+    found = _records(options.dir)
+    rows = [_row(run_dir, options.dir, record) for run_dir, record, _ in found]
     rows = [
         row
         for row in rows
@@ -86,6 +97,7 @@ def list_runs(args: list[str]) -> None:
 
         columns = ["run", "date", "arch", "dataset", "epochs", "best", "status", "duration_s"]
         print(pd.DataFrame(rows, columns=columns).to_csv(index=False), end="")
+        _report_damage(found)
         return
     table = Table(title=f"{len(rows)} runs in {options.dir}, newest first")
     for column in ("run", "date", "arch", "dataset", "epochs", "best", "status", "duration"):
@@ -96,6 +108,14 @@ def list_runs(args: list[str]) -> None:
         cells = {**row, "date": row["date"][:16]}  # to the minute: the table is for reading
         table.add_row(*(str(cells[k] or "") for k in list(row)[:-1]), duration)
     _console().print(table)
+    _report_damage(found)
+
+
+def _report_damage(found: list[tuple[Path, dict | None, str | None]]) -> None:
+    """Why each "damaged" row is so, on stderr: the table (or CSV) on stdout stays clean."""
+    for run_dir, _, damage in found:
+        if damage is not None:
+            print(f"{run_dir / RECORD} is damaged: {damage}", file=sys.stderr)
 
 
 def _console() -> Console:
@@ -115,9 +135,13 @@ def show(args: list[str]) -> None:
         raise UserError(f"runs show takes one run.\nUsage:\n{USAGE}")
     run_dir = _run_dir(args[0])
     console = _console()
-    record = json.loads((run_dir / RECORD).read_text()) if (run_dir / RECORD).exists() else {}
+    record, damage = _record(run_dir)
     row = _row(run_dir, run_dir.parent, record)
-    console.print(f"[bold]{run_dir}[/]: {row['status']}, {row['epochs']} epochs, {row['best']}")
+    facts = [row["status"], f"{row['epochs']} epochs" if row["epochs"] else "", row["best"]]
+    console.print(f"[bold]{run_dir}[/]: {', '.join(fact for fact in facts if fact)}")
+    if damage is not None:
+        console.print(f"  {run_dir / RECORD} is damaged: {damage}", markup=False)
+    record = record or {}
     if record.get("stop_reason") or record.get("error"):
         console.print(f"  {record.get('stop_reason') or record.get('error')}")
     for session in record.get("sessions", []):
@@ -126,24 +150,59 @@ def show(args: list[str]) -> None:
             f"  {session.get('started')}  {session.get('command')}  on {session.get('hostname')}"
             f"  git {str(git.get('commit'))[:10]}{' (dirty)' if git.get('dirty') else ''}"
         )
-    config = json.loads((run_dir / CONFIG).read_text())
-    table = Table(title="config")
-    table.add_column("option")
-    table.add_column("value")
-    for key, value in flat(config).items():
-        table.add_row(key, json.dumps(value))
-    console.print(table)
+    config, note = run_config(run_dir)
+    if note is not None:
+        console.print(note, markup=False)
+    if config is not None:
+        table = Table(title="config")
+        table.add_column("option")
+        table.add_column("value")
+        for key, value in flat(config).items():
+            table.add_row(key, json.dumps(value))
+        console.print(table)
     if (run_dir / METRICS).exists():
-        lines = (run_dir / METRICS).read_text().splitlines()
-        console.print(
-            f"last evaluation: {dict(zip(lines[0].split(','), lines[-1].split(','), strict=False))}"
-        )
+        header, rows, torn, damaged = MetricsTable.read(run_dir / METRICS)
+        if rows:
+            console.print(f"last evaluation: {dict(zip(header, rows[-1], strict=True))}")
+        unreadable = damaged + ["its last line, cut short"] * bool(torn)
+        if unreadable:
+            lines = f"{len(unreadable)} unreadable line{'s' * (len(unreadable) > 1)}"
+            console.print(
+                f"{run_dir / METRICS} has {lines} ({unreadable[0]}); resuming the run repairs it",
+                markup=False,
+            )
+
+
+def run_config(run_dir: Path) -> tuple[dict | None, str | None]:
+    """The run's config and, when config.json is damaged or missing, a note saying so and
+    where the config came from instead: the checkpoint holds it too. None if neither has."""
+    path = run_dir / CONFIG
+    try:
+        config = json.loads(path.read_bytes().decode("utf-8"))
+        if isinstance(config, dict):
+            return config, None
+        problem = f"it holds {json.dumps(config)[:40]}, not a JSON object"
+    except (OSError, ValueError) as error:
+        problem = str(error)
+    if not (run_dir / LAST).is_file():
+        return None, f"{path} is unreadable ({problem}), and the run has no {LAST} to read it from"
+    try:
+        config = load_checkpoint(run_dir / LAST)["config"]
+    except UserError as error:
+        return None, f"{path} is unreadable ({problem}), and so is its checkpoint: {error}"
+    return config, f"{path} is unreadable ({problem}); the config below is {run_dir / LAST}'s"
 
 
 def diff(args: list[str]) -> None:
     if len(args) != 2:
         raise UserError(f"runs diff takes two runs.\nUsage:\n{USAGE}")
-    a, b = (flat(json.loads((_run_dir(name) / CONFIG).read_text())) for name in args)
+    configs = []
+    for name in args:
+        config, note = run_config(_run_dir(name))
+        if config is None:
+            raise UserError(f"runs diff: {note}; restore it, or compare other runs.")
+        configs.append(flat(config))
+    a, b = configs
     changed = sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
     console = _console()
     if not changed:
@@ -162,16 +221,14 @@ def which(args: list[str]) -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--dir", type=Path, default=Path("outputs"))
     options = parser.parse_args(args)
-    from toolbox.checkpoint import load_checkpoint
-
     state = load_checkpoint(options.checkpoint)
     run_id = state.get("run_id")
     if run_id is None:
         raise UserError(
             f"{options.checkpoint} was written before runs had ids; its run is unknown."
         )
-    for run_dir, record in _records(options.dir):
-        if record.get("run_id") == run_id:
+    for run_dir, record, _ in _records(options.dir):
+        if record and record.get("run_id") == run_id:
             progress = state["progress"]
             print(
                 f"{options.checkpoint} was written by run {run_dir} (epoch {progress['epoch']}, "

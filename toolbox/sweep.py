@@ -21,6 +21,7 @@ from rich.table import Table
 from toolbox.cli import parse_training_config, print_error, train_main
 from toolbox.config import SLOTS, TrainingConfig, flat, to_plain
 from toolbox.errors import ArgumentParser, RunStopped, UserError
+from toolbox.run_lock import RunLock, move_aside
 
 SUMMARY = "summary.csv"
 UNSWEEPABLE = ("output-dir", "run-name", "resume")  # the sweep sets these for each run
@@ -79,14 +80,22 @@ def _parse(argv: list[str], name: str, sweeps: dict[str, list[str]]) -> Training
 
 
 def _outcome(run_dir: Path) -> tuple[str, float | None]:
-    """The run's status in its run.json ("absent": no directory, "unknown": no run.json)
-    and, once finished, the best value of the monitored metric."""
+    """The run's status in its run.json ("absent": no directory, "unknown": no run.json,
+    "damaged": one that does not read) and, once finished, the best value of the monitored
+    metric."""
     if not run_dir.exists():
         return "absent", None
     record_path = run_dir / "run.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    if not record_path.exists():
+        return "unknown", None
+    from toolbox.run import RunRecord  # it imports torch, which the checks do without
+
+    try:
+        record = RunRecord.read(record_path)
+    except (OSError, ValueError):
+        return "damaged", None  # resumed (the trainer sets it aside) or moved aside below
     status = record.get("status", "unknown")
-    return status, record.get("best", {}).get("value") if status == "finished" else None
+    return status, (record.get("best") or {}).get("value") if status == "finished" else None
 
 
 def summarize(
@@ -154,7 +163,10 @@ def _check_existing(sweep_dir: Path, configs: dict[str, TrainingConfig]) -> None
         path = sweep_dir / name / "config.json"
         if not path.exists():
             continue
-        saved, new = flat(json.loads(path.read_text())), flat(to_plain(config))
+        saved = _saved_config(path.parent)
+        if saved is None:
+            continue
+        saved, new = flat(saved), flat(to_plain(config))
         ignored = ("resume", "output_dir", "run_name")
         # Only keys the saved config has: an option added to the toolbox since is no change.
         changed = [k for k in saved if k in new and k not in ignored and saved[k] != new[k]]
@@ -164,6 +176,43 @@ def _check_existing(sweep_dir: Path, configs: dict[str, TrainingConfig]) -> None
                 f"{path.parent} was trained with other options ({options}); give the same "
                 "options to continue this sweep, or start another with a new --run-name."
             )
+
+
+def _saved_config(run_dir: Path) -> dict | None:
+    """The options ``run_dir``'s run was trained with: its config.json or, when that is
+    damaged, the copy in its checkpoint; None for a run the sweep trains afresh anyway."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_bytes().decode("utf-8"))
+        if isinstance(saved, dict):
+            return saved
+    except (OSError, ValueError):
+        pass  # damaged: the slower reading below, which loads the checkpoint, says why
+    from toolbox.runs import run_config
+
+    saved, note = run_config(run_dir)
+    if saved is None and _outcome(run_dir)[0] == "finished":
+        raise UserError(
+            f"{note}: nothing tells which options it was trained with, so this sweep cannot "
+            f"count it as its own; move {run_dir} aside to train it again."
+        )
+    return saved  # None: no checkpoint, so the run is moved aside and trained afresh
+
+
+def _rebuilt_record(run_dir: Path, epochs: int) -> bool:
+    """Whether ``run_dir``'s checkpoint holds all ``epochs``, in which case its damaged
+    run.json is set aside and the record rebuilt from the checkpoint: resuming a complete
+    run is refused, so the sweep would fail it on every call otherwise."""
+    from toolbox.checkpoint import load_checkpoint
+    from toolbox.run import RunRecord
+
+    try:
+        state = load_checkpoint(run_dir / "checkpoint.pth.tar")
+    except UserError:
+        return False  # resuming it says what is wrong with the checkpoint
+    if state["progress"]["epoch"] < epochs:
+        return False
+    RunRecord(run_dir).rebuild(state)
+    return True
 
 
 def _show(console: Console, table: pd.DataFrame, title: str) -> None:
@@ -238,14 +287,28 @@ def run_sweep(argv: list[str], program: str = "train.py", test_program: str = "t
             if status == "finished":
                 console.print(f"{label}: finished before; skipped")
                 continue
+            if (
+                status == "damaged"
+                and checkpoint.exists()
+                and _rebuilt_record(run_dir, configs[name].epochs)
+            ):
+                console.print(
+                    f"{label}: damaged run.json, but its checkpoint holds the whole run; "
+                    "recorded afresh from it, skipped"
+                )
+                continue
             if status != "absent" and checkpoint.exists():
                 # Only --resume: the saved config is this combination's (checked above), and a
                 # resumed run refuses changes to its fixed options.
                 console.print(f"{label}: {status}; resuming from {checkpoint}")
                 run_argv = ["--resume", str(checkpoint)]
             elif status != "absent":
-                aside = run_dir.with_name(f"{name}.partial-{datetime.now():%y%m%d_%H%M%S}")
-                run_dir.rename(aside)  # kept, not removed: its log may say why it stopped
+                # Holding its lock while moving it, so that a live run is never moved away.
+                lock = RunLock.acquire(run_dir, "--sweep")
+                try:
+                    aside = move_aside(run_dir, "partial")  # kept: its log may say why it stopped
+                finally:
+                    lock.release()
                 console.print(
                     f"{label}: {status}, no checkpoint; moved to {aside.name}, starting afresh"
                 )
