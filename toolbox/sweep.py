@@ -9,8 +9,10 @@ import itertools
 import json
 import math
 import re
+import shlex
 import statistics
 import typing
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -225,7 +227,9 @@ def _show(console: Console, table: pd.DataFrame, title: str) -> None:
     console.print(view)
 
 
-def run_sweep(argv: list[str], program: str = "train.py", test_program: str = "test.py") -> int:
+def run_sweep(
+    argv: list[str], program: str = "train.py", test_program: Sequence[str] = ("test.py",)
+) -> int:
     """Trains the grid of ``--sweep`` one run after another; ``program`` and ``test_program``
     as for train_main."""
     console = Console(highlight=False, markup=False, soft_wrap=True)  # paths stay whole
@@ -323,8 +327,9 @@ def run_sweep(argv: list[str], program: str = "train.py", test_program: str = "t
     except (RunStopped, KeyboardInterrupt) as stop:
         exit_code = stop.exit_code if isinstance(stop, RunStopped) else 130
         console.print(
-            f"sweep stopped in {name}; run the same command (--output-dir {args.output_dir} "
-            f"--run-name {sweep_dir.name}) to finish it: finished runs are skipped."
+            f"sweep stopped in {name}; run the same command "
+            f"({shlex.join(['--output-dir', str(args.output_dir), '--run-name', sweep_dir.name])})"
+            " to finish it: finished runs are skipped."
         )
     finally:  # also after a stop: the summary covers what finished
         monitors = {name: config.monitor for name, config in configs.items()}
