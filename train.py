@@ -2,7 +2,7 @@
 
 import sys
 
-from toolbox.cli import run_cli, train_main
+from toolbox.cli.main import run_cli, train_main
 
 if __name__ == "__main__":
     sys.exit(run_cli(train_main))

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from toolbox import records
+from toolbox.records import curves
 
 
 def write_metrics(path: Path, epochs: int = 30) -> Path:
@@ -41,12 +41,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         csv, png = write_metrics(Path(folder) / "metrics.csv"), Path(folder) / "curves.png"
         started = time.perf_counter()
-        records.write_curves(csv, png)
+        curves.write_curves(csv, png)
         first = time.perf_counter() - started
         seconds = []
         for _ in range(args.repeats):
             started = time.perf_counter()
-            records.write_curves(csv, png)
+            curves.write_curves(csv, png)
             seconds.append(time.perf_counter() - started)
     median = statistics.median(seconds)
     print(f"first draw (imports matplotlib): {first:.3f} s")

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from toolbox import checkpoint
-from toolbox.config import from_plain
-from toolbox.runtime import build_model, input_normalizer
+from toolbox.config.plain import from_plain
+from toolbox.records import checkpoint
+from toolbox.training.runtime import build_model, input_normalizer
 
 
 def load_run(run_dir: Path, device: torch.device, ema: bool = True):

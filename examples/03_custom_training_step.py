@@ -22,7 +22,7 @@ from torch import nn
 
 from toolbox.cli import script_main
 from toolbox.models import ModelConfig, register_model
-from toolbox.steps import MAIN_LOSS, StepOutput
+from toolbox.models.steps import MAIN_LOSS, StepOutput
 
 
 class AutoencoderClassifier(nn.Module):

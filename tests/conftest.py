@@ -31,7 +31,7 @@ TINY = [
 
 
 def run_main(main, argv: list[str]) -> int:
-    from toolbox.cli import run_cli
+    from toolbox.cli.main import run_cli
 
     return run_cli(main, argv)
 
@@ -39,7 +39,7 @@ def run_main(main, argv: list[str]) -> int:
 @pytest.fixture
 def train(tmp_path):
     """Calls train.py's main with ``argv`` (outputs under tmp_path) and returns its exit code."""
-    from toolbox.cli import train_main
+    from toolbox.cli.main import train_main
 
     def call(*argv: str, output_dir: Path | None = None) -> int:
         args = list(argv)
@@ -53,7 +53,7 @@ def train(tmp_path):
 @pytest.fixture
 def evaluate():
     """Calls test.py's main with ``argv`` and returns its exit code."""
-    from toolbox.cli import test_main
+    from toolbox.cli.main import test_main
 
     return lambda *argv: run_main(test_main, list(argv))
 
@@ -62,7 +62,7 @@ def evaluate():
 def signal_at_step(monkeypatch):
     """Sends ``signum`` to this process right after optimizer step ``step`` completes."""
 
-    from toolbox.progress import ProgressDisplay
+    from toolbox.training.display import ProgressDisplay
 
     def arrange(step: int, signum: int = signal.SIGTERM, times: int = 1) -> None:
         advance = ProgressDisplay.advance

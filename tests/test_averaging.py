@@ -12,7 +12,7 @@ from torch import nn
 
 from tests.conftest import TINY
 from tests.test_resume import assert_same_weights, rows_without_timing
-from toolbox.averaging import WARMUP_STEPS, WeightAverage
+from toolbox.training.averaging import WARMUP_STEPS, WeightAverage
 
 EMA = [*TINY, "--epochs", "3", "--model.dropout", "0.2", "--ema-decay", "0.9"]
 

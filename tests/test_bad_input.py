@@ -36,7 +36,7 @@ def case(*argv: str, expect: list[str], id: str):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, str]:
     """One real run, and files a user might wrongly pass where a checkpoint belongs."""
-    from toolbox.cli import train_main
+    from toolbox.cli.main import train_main
 
     root = tmp_path_factory.mktemp("bad_input")
     outputs = root / "outputs"

@@ -19,16 +19,16 @@ import pytest
 import torch
 from torch import nn
 
-import toolbox.checkpoint
+import toolbox.records.checkpoint
 from tests.conftest import TINY, run_main
-from toolbox.checkpoint import (
+from toolbox.errors import UserError
+from toolbox.records.checkpoint import (
     FORMAT,
     load_checkpoint,
     load_model_state,
     remove_stale_temporaries,
     save_atomic,
 )
-from toolbox.errors import UserError
 
 
 def checkpoint_state(model: dict, **extra) -> dict:
@@ -47,7 +47,7 @@ def flat(text: str) -> str:
 def source_run(tmp_path_factory) -> Path:
     """One finished 1-epoch run (mlp 64 -> 256 -> 10 on synthetic), shared read-only; tests
     that change it work on a copy."""
-    from toolbox.cli import train_main
+    from toolbox.cli.main import train_main
 
     out = tmp_path_factory.mktemp("source")
     argv = [*TINY, "--epochs", "1", "--output-dir", str(out), "--run-name", "source"]
@@ -364,9 +364,9 @@ def test_load_model_state_strips_the_compiled_prefix():
 
 
 def _trainer(argv: list[str]):
-    from toolbox.cli import parse_training_config
-    from toolbox.run import close_logging
-    from toolbox.trainer import Trainer
+    from toolbox.cli.parse import parse_training_config
+    from toolbox.records.log import close_logging
+    from toolbox.training.trainer import Trainer
 
     trainer = Trainer(parse_training_config(argv))
     close_logging(trainer.logger)
@@ -447,7 +447,7 @@ def test_full_disk_stops_training_and_keeps_the_last_checkpoint(
         refused.append(file.name)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(toolbox.checkpoint.torch, "save", save_until_full)
+    monkeypatch.setattr(toolbox.records.checkpoint.torch, "save", save_until_full)
     assert train(*TINY, "--epochs", "3", "--run-name", "full") == 2
     err = flat(capsys.readouterr().err)
     run_dir = tmp_path / "outputs" / "full"

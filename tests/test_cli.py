@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from tests.conftest import REPO, TINY
-from toolbox.config import SLOTS, TrainingConfig
+from toolbox.config.training import SLOTS, TrainingConfig
 from toolbox.metrics import METRICS
 
 

@@ -22,25 +22,19 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from toolbox.config import (
-    SLOTS,
-    TrainingConfig,
-    from_plain,
-    problems,
-    to_plain,
-    validate,
-    with_components,
-)
+from toolbox.config.checks import problems, validate
+from toolbox.config.plain import from_plain, to_plain
+from toolbox.config.training import SLOTS, TrainingConfig, with_components
 from toolbox.criteria import CRITERIA
 from toolbox.data.loaders import InMemoryLoader, Normalizer
 from toolbox.datasets import DATASETS, DatasetInfo, Task
 from toolbox.datasets.synthetic import Synthetic
 from toolbox.errors import UserError
-from toolbox.evaluation import evaluate, per_sample_criterion
 from toolbox.metrics import METRICS
 from toolbox.models import MODELS
 from toolbox.optimizers import OPTIMIZERS
 from toolbox.schedulers import SCHEDULERS
+from toolbox.training.evaluation import evaluate, per_sample_criterion
 
 CPU = torch.device("cpu")
 INPUT_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]

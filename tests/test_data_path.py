@@ -30,7 +30,7 @@ def test_decoded_mnist_is_cached_beside_its_files_and_read_back(tmp_path, monkey
     def no_decoding(path):
         raise AssertionError("decoded again although the cache is current")
 
-    monkeypatch.setattr("toolbox.datasets._files.read_idx", no_decoding)
+    monkeypatch.setattr("toolbox.data.files.read_idx", no_decoding)
     again = MNIST(root=str(tmp_path), download=False).build()
     for split in ("train", "val", "test"):
         for key in ("input", "target"):

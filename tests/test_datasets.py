@@ -24,7 +24,7 @@ import torch
 import torchvision
 
 from tests.conftest import SHARED_MNIST
-from toolbox.cli import parse_training_config
+from toolbox.cli.parse import parse_training_config
 from toolbox.datasets import _cache, _files
 from toolbox.datasets.cifar import CIFAR10, CIFAR100
 from toolbox.datasets.digits import Digits

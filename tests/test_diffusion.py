@@ -13,9 +13,9 @@ import torch
 
 from toolbox.datasets import DatasetInfo
 from toolbox.errors import UserError
-from toolbox.models._diffusion import GaussianDiffusion, UNet, beta_schedule
 from toolbox.models.ddpm import DDPMConfig
-from toolbox.steps import StepOutput, has_own_steps
+from toolbox.models.ddpm.network import GaussianDiffusion, UNet, beta_schedule
+from toolbox.models.steps import StepOutput, has_own_steps
 
 MNIST_MEAN, MNIST_STD = 0.1307 * 255, 0.3081 * 255
 TINY = DDPMConfig(base_channels=8, timesteps=20, sample_steps=5, num_samples=4)

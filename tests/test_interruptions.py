@@ -140,7 +140,7 @@ def test_a_run_killed_with_kill_9_is_resumable_at_once(live_run, train):
 @pytest.fixture
 def crash_at_step(monkeypatch):
     """Makes the run die (a crash, not a stop) right after optimizer step ``step``."""
-    from toolbox.progress import ProgressDisplay
+    from toolbox.training.display import ProgressDisplay
 
     def arrange(step: int) -> None:
         advance = ProgressDisplay.advance
@@ -214,8 +214,8 @@ def test_a_signal_during_set_up_exits_143_and_the_same_command_runs_again(
 ):
     """Before the run directory exists (building the data) or after (writing its records):
     either way no checkpoint is written and the same command starts the run again."""
-    from toolbox import run_control
     from toolbox.datasets.synthetic import Synthetic
+    from toolbox.training import run_control
 
     if moment == "data":
         _signal_during(monkeypatch, Synthetic, "build")
@@ -231,9 +231,9 @@ def test_a_signal_during_set_up_exits_143_and_the_same_command_runs_again(
 
 
 def test_a_signal_during_the_end_of_run_records_exits_143(train, tmp_path, monkeypatch):
-    from toolbox import records
+    from toolbox.records import tensorboard
 
-    _signal_during(monkeypatch, records, "log_hparams")
+    _signal_during(monkeypatch, tensorboard, "log_hparams")
     assert train(*TINY, "--run-name", "late") == 128 + signal.SIGTERM
     record = json.loads((tmp_path / "outputs" / "late" / "run.json").read_text())
     assert record["status"] == "finished"  # it had finished: nothing is lost
@@ -242,15 +242,15 @@ def test_a_signal_during_the_end_of_run_records_exits_143(train, tmp_path, monke
 
 
 def test_a_late_signal_stops_a_sweep_before_its_next_run(train, tmp_path, monkeypatch):
-    from toolbox import records
+    from toolbox.records import tensorboard
 
-    _signal_during(monkeypatch, records, "log_hparams")
+    _signal_during(monkeypatch, tensorboard, "log_hparams")
     assert train(*TINY, "--run-name", "sweep", "--sweep", "seed=0,1") == 128 + signal.SIGTERM
     assert not (tmp_path / "outputs" / "sweep" / "seed=1").exists()
 
 
 def test_a_signal_after_the_trainer_returned_still_exits_143(train, monkeypatch):
-    from toolbox import distributed
+    from toolbox.training import distributed
 
     _signal_during(monkeypatch, distributed, "stop")
     assert train(*TINY) == 128 + signal.SIGTERM

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tests.conftest import TINY
-from toolbox import records
+from toolbox.records import curves, tensorboard
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIZE_GUIDANCE = {"histograms": 0, "images": 0, "tensors": 0, "scalars": 0}
@@ -59,14 +59,14 @@ def test_curves_from_one_row(tmp_path):
         "epoch,step,lr,train_loss,val_loss,val_accuracy,elapsed_s",
         ["1,9,0.001,2.2,2.1,0.31,1.5"],
     )
-    assert records.write_curves(csv, tmp_path / records.CURVES)
-    assert check_png(tmp_path / records.CURVES) == (600, 2070)  # 13.8 x 4 in at 150 dpi
+    assert curves.write_curves(csv, tmp_path / curves.CURVES)
+    assert check_png(tmp_path / curves.CURVES) == (600, 2070)  # 13.8 x 4 in at 150 dpi
     assert names(tmp_path) == {"metrics.csv", "curves.png"}  # no temporary left
 
 
 def test_curves_from_many_rows_with_two_metrics_and_gaps(long_csv, tmp_path):
     png = tmp_path / "plots" / "curves.png"  # a missing folder is created
-    assert records.write_curves(long_csv, png, title="cifar10 resnet18")
+    assert curves.write_curves(long_csv, png, title="cifar10 resnet18")
     assert check_png(png) == (600, 2070)
     assert names(png.parent) == {"curves.png"}
 
@@ -77,19 +77,19 @@ def test_curves_without_metric_columns_nan_skips_and_all_nan_column(tmp_path):
         "epoch,step,lr,train_loss,val_loss,nan_skips,elapsed_s",
         ["1,10,0.1,nan,nan,0,1", "2,20,0.1,nan,nan,3,2"],
     )
-    assert records.write_curves(csv, tmp_path / "c.png")
+    assert curves.write_curves(csv, tmp_path / "c.png")
     assert check_png(tmp_path / "c.png") == (600, 2 * 690)  # two panels: loss, lr
 
 
 def test_curves_with_no_rows_yet_write_nothing(tmp_path):
     csv = write_csv(tmp_path / "metrics.csv", "epoch,step,lr,train_loss,val_loss", [])
-    assert not records.write_curves(csv, tmp_path / "c.png")
+    assert not curves.write_curves(csv, tmp_path / "c.png")
     assert names(tmp_path) == {"metrics.csv"}
 
 
 def test_curves_replace_the_file_atomically(long_csv, tmp_path, monkeypatch):
     png = tmp_path / "curves.png"
-    assert records.write_curves(long_csv, png)
+    assert curves.write_curves(long_csv, png)
     first = png.read_bytes()
 
     from matplotlib.figure import Figure
@@ -100,7 +100,7 @@ def test_curves_replace_the_file_atomically(long_csv, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Figure, "savefig", fail)
     with pytest.raises(OSError, match="disk full"):
-        records.write_curves(long_csv, png)
+        curves.write_curves(long_csv, png)
     assert png.read_bytes() == first  # the reader still sees the previous picture
     assert names(tmp_path) == {"metrics.csv", "curves.png"}
 
@@ -109,14 +109,14 @@ def test_plotter_redraws_when_due_or_forced_and_never_raises(long_csv, tmp_path)
     import logging
 
     png = tmp_path / "curves.png"
-    fresh = records.CurvesPlotter(long_csv, png, min_interval_s=0)
+    fresh = curves.CurvesPlotter(long_csv, png, min_interval_s=0)
     # The first draw imports matplotlib: it waits until that cost is a small share.
     assert not fresh.update() and not png.exists()
     fresh.cost_s = 0.0  # as if a draw had been measured cheap
     assert fresh.update()
     assert check_png(png) == (600, 2070)
     png.unlink()
-    plotter = records.CurvesPlotter(long_csv, png, min_interval_s=3600)
+    plotter = curves.CurvesPlotter(long_csv, png, min_interval_s=3600)
     assert not plotter.update() and not png.exists()  # not due yet
     assert plotter.update(force=True) and png.exists()  # the last evaluation
 
@@ -128,7 +128,7 @@ def test_plotter_redraws_when_due_or_forced_and_never_raises(long_csv, tmp_path)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)  # as the trainer's setup_logging sets it
     try:
-        broken = records.CurvesPlotter(tmp_path / "missing.csv", png, min_interval_s=0)
+        broken = curves.CurvesPlotter(tmp_path / "missing.csv", png, min_interval_s=0)
         assert not broken.update() and not broken.update(force=True)
     finally:
         logger.removeHandler(handler)
@@ -141,11 +141,11 @@ def test_plotter_redraws_when_due_or_forced_and_never_raises(long_csv, tmp_path)
     [("accuracy", True), ("top5", True), ("mae", False), ("rmse", False), ("loss", False)],
 )
 def test_best_point_follows_the_metric_direction(metric, higher):
-    assert records._higher_is_better(metric, None) is higher
-    assert records._higher_is_better(metric, {metric: not higher}) is (not higher)
+    assert curves._higher_is_better(metric, None) is higher
+    assert curves._higher_is_better(metric, {metric: not higher}) is (not higher)
     values = [0.5, math.nan, 0.9, 0.1, 0.9]
-    assert records._best_index(values, higher) == (2 if higher else 3)
-    assert records._best_index([math.nan, math.inf], higher) is None
+    assert curves._best_index(values, higher) == (2 if higher else 3)
+    assert curves._best_index([math.nan, math.inf], higher) is None
 
 
 # --- TensorBoard ---------------------------------------------------------------------------
@@ -169,11 +169,11 @@ def writer(tmp_path):
 
 
 def test_flatten_hparams_of_a_real_config_gives_only_scalars():
-    from toolbox.cli import parse_training_config
-    from toolbox.config import to_plain
+    from toolbox.cli.parse import parse_training_config
+    from toolbox.config.plain import to_plain
 
     config = parse_training_config([*TINY, "--metrics", "accuracy", "top5"])
-    flat = records.flatten_hparams(to_plain(config))
+    flat = tensorboard.flatten_hparams(to_plain(config))
     assert flat["arch"] == "mlp" and flat["epochs"] == 2 and flat["batch_size"] == 32
     assert flat["optim.lr"] == config.optim.lr and flat["data.num_train"] == 320
     assert flat["metrics"] == '["accuracy", "top5"]'
@@ -193,7 +193,7 @@ def test_hparams_land_in_the_writers_own_run_directory(writer, tmp_path):
         "model": {"channels": 16},
     }
     writer.add_scalar("val/loss", 0.7, 3)
-    records.log_hparams(writer, config, {"val_loss": 0.7, "best_val_accuracy": 0.81}, step=3)
+    tensorboard.log_hparams(writer, config, {"val_loss": 0.7, "best_val_accuracy": 0.81}, step=3)
     writer.close()
 
     run_dir = tmp_path / "run"
@@ -235,7 +235,7 @@ def test_tensorboards_hparams_dashboard_lists_each_run(tmp_path):
         with SummaryWriter(str(outputs / name)) as writer:
             writer.add_scalar("val/accuracy", accuracy, 2)
             config = {"optim": {"lr": lr}, "model": {"hidden_sizes": [32] if lr > 0.05 else [64]}}
-            records.log_hparams(writer, config, {"best_val_accuracy": accuracy}, step=2)
+            tensorboard.log_hparams(writer, config, {"best_val_accuracy": accuracy}, step=2)
 
     multiplexer = pem.EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(outputs))
@@ -284,7 +284,7 @@ def test_histograms_of_weights_and_gradients(writer, tmp_path):
     model(torch.randn(5, 8)).square().mean().backward()
     with torch.no_grad():
         model[2].weight[0, 0] = math.nan  # non-finite values are left out
-    written = records.log_histograms(writer, Compiled(model), epoch=4)
+    written = tensorboard.log_histograms(writer, Compiled(model), epoch=4)
     writer.close()
 
     events = read_events(tmp_path / "run")
@@ -330,7 +330,7 @@ def decode_image(events, tag: str):
 def test_sample_grid_of_small_uint8_digits(writer, tmp_path):
     images = torch.zeros(10, 1, 8, 8, dtype=torch.uint8)
     images[:, :, 2:6, 3:5] = 16  # the digits' pixels run 0..16
-    assert records.log_sample_grid(writer, images, mean=(4.9,), std=(6.0,), step=2)
+    assert tensorboard.log_sample_grid(writer, images, mean=(4.9,), std=(6.0,), step=2)
     writer.close()
 
     event, pixels = decode_image(read_events(tmp_path / "run"), "samples/train")
@@ -345,13 +345,13 @@ def test_sample_grid_of_float_colour_images_keeps_64(writer, tmp_path):
     torch.manual_seed(0)
     mean, std = (120.0, 115.0, 100.0), (60.0, 60.0, 65.0)
     stored = (torch.rand(70, 3, 5, 7) * 255).round()
-    assert records.log_sample_grid(writer, stored.to(torch.uint8), mean, std, step=1)
+    assert tensorboard.log_sample_grid(writer, stored.to(torch.uint8), mean, std, step=1)
     normalized = (stored - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    assert records.log_sample_grid(
+    assert tensorboard.log_sample_grid(
         writer, normalized, mean, std, step=1, tag="samples/normalized", normalized=True
     )
-    assert not records.log_sample_grid(writer, torch.randn(8, 64), (0.0,), (1.0,))
-    assert not records.log_sample_grid(writer, torch.randn(8, 2, 4, 4), (0.0,), (1.0,))
+    assert not tensorboard.log_sample_grid(writer, torch.randn(8, 64), (0.0,), (1.0,))
+    assert not tensorboard.log_sample_grid(writer, torch.randn(8, 2, 4, 4), (0.0,), (1.0,))
     writer.close()
 
     events = read_events(tmp_path / "run")

@@ -15,7 +15,9 @@ import pytest
 
 from tests.conftest import REPO
 from toolbox.component import Component
-from toolbox.config import SLOTS, TrainingConfig, from_plain, to_plain, validate, with_components
+from toolbox.config.checks import validate
+from toolbox.config.plain import from_plain, to_plain
+from toolbox.config.training import SLOTS, TrainingConfig, with_components
 from toolbox.errors import UserError
 from toolbox.metrics import METRICS
 from toolbox.models import MODELS, ModelConfig

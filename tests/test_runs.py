@@ -12,11 +12,11 @@ import torch
 
 import toolbox
 from tests.conftest import TINY, run_main
-from toolbox.run import RunRecord
+from toolbox.records.run_record import RunRecord
 
 
 def runs(*argv: str) -> int:
-    from toolbox.runs import main
+    from toolbox.cli.runs import main
 
     return run_main(main, ["runs", *argv])
 
@@ -78,7 +78,7 @@ def dirty_repo(tmp_path: Path, monkeypatch) -> Path:
 
 
 def test_uncommitted_code_is_saved_as_a_diff(tmp_path, monkeypatch):
-    from toolbox.config import TrainingConfig
+    from toolbox.config.training import TrainingConfig
 
     dirty_repo(tmp_path, monkeypatch)
     run_dir = tmp_path / "run"
@@ -90,7 +90,7 @@ def test_uncommitted_code_is_saved_as_a_diff(tmp_path, monkeypatch):
 
 
 def test_outside_git_the_source_files_are_hashed(tmp_path, monkeypatch):
-    from toolbox.config import TrainingConfig
+    from toolbox.config.training import TrainingConfig
 
     package = tmp_path / "plain" / "toolbox"
     package.mkdir(parents=True)
@@ -234,7 +234,7 @@ def test_resuming_over_a_damaged_run_json_keeps_it_aside_and_the_run_id(
 
 
 def test_a_fresh_record_never_overwrites_an_earlier_sessions_code_diff(tmp_path, monkeypatch):
-    from toolbox.config import TrainingConfig
+    from toolbox.config.training import TrainingConfig
 
     source = dirty_repo(tmp_path, monkeypatch)
     run_dir = tmp_path / "run"
@@ -339,7 +339,7 @@ def test_early_stop_lr_stops_when_the_rate_is_low(train, tmp_path):
 
 
 def test_runtime_json_scales_the_learning_rate_from_the_next_epoch(train, tmp_path, monkeypatch):
-    from toolbox.trainer import Trainer
+    from toolbox.training.trainer import Trainer
 
     argv = [*TINY, "--epochs", "3", "--scheduler", "none", "--run-name", "rt"]
     run_dir = tmp_path / "outputs" / "rt"
@@ -364,7 +364,7 @@ def test_runtime_json_scales_the_learning_rate_from_the_next_epoch(train, tmp_pa
 
 
 def test_a_bad_runtime_edit_is_logged_and_ignored(train, tmp_path, monkeypatch):
-    from toolbox.trainer import Trainer
+    from toolbox.training.trainer import Trainer
 
     run_dir = tmp_path / "outputs" / "bad"
     train_epoch = Trainer._train_epoch

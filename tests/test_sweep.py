@@ -70,7 +70,7 @@ def test_grid_runs_every_combination_and_averages_seeds(train, tmp_path, capsys)
 def sigterm_in_run(monkeypatch, run: int, step: int) -> None:
     """SIGTERM to this process after optimizer step ``step`` of the ``run``-th run (like the
     conftest ``signal_at_step``, which would fire in every run of the sweep)."""
-    from toolbox.progress import ProgressDisplay
+    from toolbox.training.display import ProgressDisplay
 
     displays: list[ProgressDisplay] = []
     init, advance = ProgressDisplay.__init__, ProgressDisplay.advance
@@ -190,7 +190,7 @@ def test_a_sweep_run_again_over_damaged_records_carries_on(train, tmp_path, caps
 def test_a_sweep_moves_aside_a_long_named_run_without_checkpoint_unless_in_use(
     train, tmp_path, capsys
 ):
-    from toolbox.run_lock import RunLock
+    from toolbox.records.lock import RunLock
 
     name = "optim.lr=0.001".ljust(250, "0")  # a legal name, too long for a ".partial-" suffix
     sweep = tmp_path / "outputs" / "long"
@@ -213,7 +213,7 @@ def test_a_sweep_moves_aside_a_long_named_run_without_checkpoint_unless_in_use(
 
 
 def test_summary_from_hand_written_records(tmp_path):
-    from toolbox.sweep import summarize
+    from toolbox.cli.sweep import summarize
 
     runs = {  # name: (status, best value)
         "lr=1,seed=0": ("finished", 1.0),
@@ -249,7 +249,7 @@ def test_summary_from_hand_written_records(tmp_path):
 
 
 def test_combination_arguments():
-    from toolbox.sweep import _arguments
+    from toolbox.cli.sweep import _arguments
 
     combo = {"compile": "false", "deterministic": "True", "model.hidden-sizes": "16 8", "seed": "3"}
     assert _arguments(combo, {"compile", "deterministic"}) == [

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY
-from toolbox.config import from_plain
+from toolbox.config.plain import from_plain
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -250,8 +250,8 @@ def test_live_progress_on_a_terminal(tmp_path):
 
     from rich.console import Console
 
-    from toolbox.cli import parse_training_config
-    from toolbox.trainer import Trainer
+    from toolbox.cli.parse import parse_training_config
+    from toolbox.training.trainer import Trainer
 
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=160)

@@ -10,7 +10,7 @@ import torch
 
 from toolbox.datasets import DATASETS
 from toolbox.datasets.trajectories import Trajectories
-from toolbox.trajectory import (
+from toolbox.tasks.trajectory import (
     EARTH_RADIUS_M,
     centre,
     crop_or_pad,

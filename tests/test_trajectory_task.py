@@ -16,9 +16,9 @@ import torch
 from toolbox.datasets import DatasetInfo
 from toolbox.datasets.trajectories import Trajectories
 from toolbox.errors import UserError
-from toolbox.models._trajectory import hide_points
 from toolbox.models.trajectory import TrajectoryRecoveryConfig
-from toolbox.trajectory import centre, haversine
+from toolbox.models.trajectory.network import hide_points
+from toolbox.tasks.trajectory import centre, haversine
 
 MAX_LENGTH = 24
 DATA = Trajectories(num_train=256, num_test=64, max_length=MAX_LENGTH)

@@ -2,7 +2,7 @@
 
 import sys
 
-from toolbox.cli import run_cli
-from toolbox.runs import main
+from toolbox.cli.main import run_cli
+from toolbox.cli.runs import main
 
 sys.exit(run_cli(main))

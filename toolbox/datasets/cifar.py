@@ -24,13 +24,9 @@ class _CIFARFormat(FileDatasetConfig):
         import torchvision
         from torchvision.datasets.utils import download_and_extract_archive
 
+        from toolbox.data.cache import image_layout, load_or_decode
+        from toolbox.data.files import missing_files_error, read_cifar_batches, unpickle_cifar
         from toolbox.data.splits import hold_out
-        from toolbox.datasets._cache import image_layout, load_or_decode
-        from toolbox.datasets._files import (
-            missing_files_error,
-            read_cifar_batches,
-            unpickle_cifar,
-        )
 
         source = getattr(torchvision.datasets, self.torchvision_class)
         folder = Path(self.root) / source.base_folder

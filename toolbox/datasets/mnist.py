@@ -20,9 +20,9 @@ class _MNISTFormat(FileDatasetConfig):
     def build(self) -> DatasetSplits:
         import torchvision
 
+        from toolbox.data.cache import image_layout, load_or_decode
+        from toolbox.data.files import fetch_idx_files, read_idx
         from toolbox.data.splits import hold_out
-        from toolbox.datasets._cache import image_layout, load_or_decode
-        from toolbox.datasets._files import fetch_idx_files, read_idx
 
         source = getattr(torchvision.datasets, self.torchvision_class)
         folder = Path(self.root) / self.torchvision_class / "raw"

@@ -97,7 +97,7 @@ class Trajectories(DatasetConfig):
         if self.augment != "none":
             found.append(
                 f"--data.augment is {self.augment}; its crops and flips are for images, so use "
-                "--data.augment none (toolbox.trajectory has augmentations for trajectories)."
+                "--data.augment none (toolbox.tasks.trajectory has augmentations for trajectories)."
             )
         return found + self.not_seed("seed")
 
@@ -105,7 +105,7 @@ class Trajectories(DatasetConfig):
         import torch
 
         from toolbox.data.splits import hold_out
-        from toolbox.trajectory import EARTH_RADIUS_M, crop_or_pad
+        from toolbox.tasks.trajectory import EARTH_RADIUS_M, crop_or_pad
 
         generator = torch.Generator().manual_seed(self.seed)
 
@@ -151,7 +151,7 @@ class Trajectories(DatasetConfig):
             num_outputs=2,
             # Identity normalisation: the loader's per-channel statistics act on dimension 1
             # of a batch (B, L, 2), which is time here, not (lon, lat), and would count the
-            # padding. Models z-score the valid points themselves (toolbox.trajectory.zscore).
+            # padding. Models z-score the valid points themselves (toolbox.tasks.trajectory.zscore).
             mean=(0.0,),
             std=(1.0,),
         )

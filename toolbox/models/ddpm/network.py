@@ -17,7 +17,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from torchvision.utils import make_grid
 
-from toolbox.steps import MAIN_LOSS, StepOutput
+from toolbox.models.steps import MAIN_LOSS, StepOutput
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(noisy images (B, C, H, W), timesteps (B,)) -> the noise it predicts in them (B, C, H, W)."""
@@ -310,7 +310,7 @@ class GaussianDiffusion(nn.Module):
 
 
 class DDPM(nn.Module):
-    """A denoising diffusion model on images that defines its own steps (toolbox.steps).
+    """A denoising diffusion model on images that defines its own steps (toolbox.models.steps).
 
     ``forward(noisy, timesteps)`` is the denoiser: it returns the noise (B, C, H, W) that the
     U-Net predicts in ``noisy`` (B, C, H, W) at ``timesteps`` (B,). ``mean`` and ``std`` are the

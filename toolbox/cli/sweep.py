@@ -12,7 +12,7 @@ import re
 import shlex
 import statistics
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -20,10 +20,12 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from toolbox.cli import parse_training_config, print_error, train_main
-from toolbox.config import SLOTS, TrainingConfig, flat, to_plain
+from toolbox.cli.console import print_error
+from toolbox.cli.parse import parse_training_config
+from toolbox.config.plain import flat, to_plain
+from toolbox.config.training import SLOTS, TrainingConfig
 from toolbox.errors import ArgumentParser, RunStopped, UserError
-from toolbox.run_lock import RunLock, move_aside
+from toolbox.records.lock import RunLock, move_aside
 
 SUMMARY = "summary.csv"
 UNSWEEPABLE = ("output-dir", "run-name", "resume")  # the sweep sets these for each run
@@ -90,7 +92,7 @@ def _outcome(run_dir: Path) -> tuple[str, float | None]:
     record_path = run_dir / "run.json"
     if not record_path.exists():
         return "unknown", None
-    from toolbox.run import RunRecord  # it imports torch, which the checks do without
+    from toolbox.records.run_record import RunRecord
 
     try:
         record = RunRecord.read(record_path)
@@ -189,7 +191,7 @@ def _saved_config(run_dir: Path) -> dict | None:
             return saved
     except (OSError, ValueError):
         pass  # damaged: the slower reading below, which loads the checkpoint, says why
-    from toolbox.runs import run_config
+    from toolbox.cli.runs import run_config
 
     saved, note = run_config(run_dir)
     if saved is None and _outcome(run_dir)[0] == "finished":
@@ -204,8 +206,8 @@ def _rebuilt_record(run_dir: Path, epochs: int) -> bool:
     """Whether ``run_dir``'s checkpoint holds all ``epochs``, in which case its damaged
     run.json is set aside and the record rebuilt from the checkpoint: resuming a complete
     run is refused, so the sweep would fail it on every call otherwise."""
-    from toolbox.checkpoint import load_checkpoint
-    from toolbox.run import RunRecord
+    from toolbox.records.checkpoint import load_checkpoint
+    from toolbox.records.run_record import RunRecord
 
     try:
         state = load_checkpoint(run_dir / "checkpoint.pth.tar")
@@ -228,7 +230,10 @@ def _show(console: Console, table: pd.DataFrame, title: str) -> None:
 
 
 def run_sweep(
-    argv: list[str], program: str = "train.py", test_program: Sequence[str] = ("test.py",)
+    argv: list[str],
+    train: Callable[[list[str], str, Sequence[str]], int],
+    program: str = "train.py",
+    test_program: Sequence[str] = ("test.py",),
 ) -> int:
     """Trains the grid of ``--sweep`` one run after another; ``program`` and ``test_program``
     as for train_main."""
@@ -319,7 +324,7 @@ def run_sweep(
             else:
                 console.print(f"{label}: starting")
             try:
-                train_main(run_argv, program, test_program)
+                train(run_argv, program, test_program)
             except (UserError, torch.OutOfMemoryError) as error:  # this run's problem only
                 failed.add(name)
                 print_error(str(error))

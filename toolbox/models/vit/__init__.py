@@ -46,7 +46,7 @@ class ViTTiny(ModelConfig):
         return found + self.not_probability("dropout")
 
     def build(self, info):
-        from toolbox.models._vit import VisionTransformer
+        from toolbox.models.vit.network import VisionTransformer
 
         in_channels, height, width = self.image_shape(info)
         if height % self.patch_size or width % self.patch_size:

@@ -17,8 +17,8 @@ from torch import nn
 from toolbox.data.loaders import Normalizer, to_device
 from toolbox.errors import UserError
 from toolbox.metrics import MetricConfig
-from toolbox.runtime import autocast
-from toolbox.steps import MAIN_LOSS
+from toolbox.models.steps import MAIN_LOSS
+from toolbox.training.runtime import autocast
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 

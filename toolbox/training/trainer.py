@@ -13,34 +13,34 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from toolbox import checkpoint, records
-from toolbox.averaging import WeightAverage
-from toolbox.config import TrainingConfig, to_plain
+from toolbox.config.plain import to_plain
+from toolbox.config.training import TrainingConfig
 from toolbox.data.augment import BatchAugment
 from toolbox.data.loaders import make_loader, to_device
-from toolbox.distributed import (
-    Discard,
-    Distributed,
-    is_communication_failure,
-    wrap_in_ddp,
-)
 from toolbox.errors import RunStopped, UserError
-from toolbox.evaluation import evaluate, evaluate_own_steps
 from toolbox.metrics import METRICS
-from toolbox.progress import ProgressDisplay, format_duration
-from toolbox.run import LOG, MetricsTable, close_logging, new_run_dir, setup_logging
-from toolbox.run import METRICS as METRICS_FILE
-from toolbox.run_control import Progress, RunControl
-from toolbox.run_lock import RunLock
-from toolbox.runtime import (
+from toolbox.models.steps import MAIN_LOSS, has_own_steps
+from toolbox.records import checkpoint, tensorboard
+from toolbox.records.layout import LOG
+from toolbox.records.layout import METRICS as METRICS_FILE
+from toolbox.records.lock import RunLock
+from toolbox.records.log import close_logging, setup_logging
+from toolbox.records.metrics_table import MetricsTable
+from toolbox.records.run_dir import new_run_dir
+from toolbox.training.averaging import WeightAverage
+from toolbox.training.display import ProgressDisplay, format_duration
+from toolbox.training.distributed import Discard, Distributed, is_communication_failure, wrap_in_ddp
+from toolbox.training.evaluation import evaluate, evaluate_own_steps
+from toolbox.training.run_control import Progress, RunControl
+from toolbox.training.runtime import (
     autocast,
     build_model,
     input_normalizer,
     resolve_device,
     seed_everything,
 )
-from toolbox.steps import MAIN_LOSS, StepRunner, draw_figures, has_own_steps
-from toolbox.stop_signals import StopSignals, active_watch, watch_stop_signals
+from toolbox.training.signals import StopSignals, active_watch, watch_stop_signals
+from toolbox.training.steps import StepRunner, draw_figures
 
 
 class Trainer(RunControl):
@@ -287,7 +287,7 @@ class Trainer(RunControl):
             self.plotter.update(force=True)
             if self.dist.is_main:
                 final = {**self.last_values, f"best_{config.monitor}": self.progress.best_value}
-                records.log_hparams(
+                tensorboard.log_hparams(
                     self.writer,
                     to_plain(config),
                     {key: value for key, value in final.items() if value is not None},
@@ -437,7 +437,7 @@ class Trainer(RunControl):
             if every and at_epoch_end and (epoch_idx + 1) % every == 0 and self.dist.is_main:
                 # Before the step: zero_grad(set_to_none) would take the gradients away.
                 scale = 1.0 if config.clip_grad is not None else self.scaler.get_scale()
-                records.log_histograms(self.writer, self.model, epoch_idx + 1, grad_scale=scale)
+                tensorboard.log_histograms(self.writer, self.model, epoch_idx + 1, grad_scale=scale)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
@@ -549,7 +549,7 @@ class Trainer(RunControl):
         rank 0 once per evaluation, to TensorBoard and <name>.png in the run directory."""
         if self.dist.is_main:
             figures = draw_figures(self.evaluated_model)
-            records.write_figures(self.writer, self.run_dir, figures, self.progress.epoch)
+            tensorboard.write_figures(self.writer, self.run_dir, figures, self.progress.epoch)
 
 
 def loss_became_non_finite(epoch_idx: int, batch_idx: int) -> str:

@@ -72,7 +72,7 @@ class TrajectoryRecoveryConfig(ModelConfig):
         return 2 * self.heads * max(1, round(self.width / (2 * self.heads)))
 
     def build(self, info):
-        from toolbox.models._trajectory import TrajectoryRecovery
+        from toolbox.models.trajectory.network import TrajectoryRecovery
 
         if len(info.input_shape) != 2 or info.input_shape[1] != 2:
             raise UserError(

@@ -11,20 +11,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from toolbox import checkpoint, records
-from toolbox.config import from_plain, to_plain
+from toolbox.config.plain import from_plain, to_plain
 from toolbox.errors import DivergenceError, LostContactError, RunStopped, UserError
-from toolbox.run import (
-    ENV,
-    RUNTIME,
-    RunRecord,
-    describe_run,
-    environment,
-    save_config,
-    write_json,
-)
-from toolbox.runtime import rng_state, set_rng_state
-from toolbox.steps import MAIN_LOSS
+from toolbox.models.steps import MAIN_LOSS
+from toolbox.records import checkpoint, curves, tensorboard
+from toolbox.records.atomic import write_json
+from toolbox.records.environment import environment
+from toolbox.records.layout import ENV, RUNTIME
+from toolbox.records.log import describe_run, save_config
+from toolbox.records.run_record import RunRecord
+from toolbox.training.runtime import rng_state, set_rng_state
 
 
 @dataclass
@@ -233,14 +229,14 @@ class RunControl:
         self.writer = SummaryWriter(
             str(self.run_dir), purge_step=self.progress.step if resumed else None
         )
-        self.plotter = records.CurvesPlotter(
+        self.plotter = curves.CurvesPlotter(
             self.table.path,
-            self.run_dir / records.CURVES,
+            self.run_dir / curves.CURVES,
             title=self.run_dir.name,
             higher_is_better={name: m.higher_is_better for name, m in self.metrics.items()},
         )
         if not resumed and len(info.input_shape) == 3:
-            records.log_sample_grid(
+            tensorboard.log_sample_grid(
                 self.writer, self.splits.train["input"][:64], info.mean, info.std, step=0
             )
         self.last_values: dict[str, float] = {}

@@ -74,7 +74,7 @@ class DDPMConfig(ModelConfig):
         return found
 
     def build(self, info):
-        from toolbox.models._diffusion import DDPM, GaussianDiffusion, UNet
+        from toolbox.models.ddpm.network import DDPM, GaussianDiffusion, UNet
 
         in_channels, height, width = self.image_shape(info)
         pixel_range = self.pixel_range or info.value_range

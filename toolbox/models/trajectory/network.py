@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from toolbox.models.steps import MAIN_LOSS, StepOutput
 from toolbox.nn import (
     MLP,
     LearnedPositionalEncoding,
@@ -23,8 +24,7 @@ from toolbox.nn import (
     MultiHeadSelfAttention,
     SinusoidalPositionalEncoding,
 )
-from toolbox.steps import MAIN_LOSS, StepOutput
-from toolbox.trajectory import EARTH_RADIUS_M, haversine
+from toolbox.tasks.trajectory import EARTH_RADIUS_M, haversine
 
 KM_PER_DEGREE = math.pi * EARTH_RADIUS_M / 180 / 1000
 """Kilometres per degree of latitude (and of longitude at the equator) on haversine's sphere."""
@@ -72,7 +72,7 @@ class LocalFrame:
     A degree east is cos(latitude) shorter than a degree north; scaling longitudes by the
     cosine of the origin's latitude makes both axes kilometres, so that the encoder sees
     shapes undistorted and in units of order 1 whatever the city. Across the ~10 km of a city
-    trajectory this flat frame is off by well under 0.1% (see toolbox.trajectory.rotate).
+    trajectory this flat frame is off by well under 0.1% (see toolbox.tasks.trajectory.rotate).
     """
 
     origin: torch.Tensor
@@ -126,7 +126,7 @@ class EncoderLayer(nn.Module):
 
 class TrajectoryRecovery(nn.Module):
     """Predicts every point of trajectories whose hidden points are blanked out; defines its
-    own steps (toolbox.steps).
+    own steps (toolbox.models.steps).
 
     ``forward(track, lengths, hidden)`` returns the whole track (B, L, 2) in degrees as the
     encoder recovers it. Each trajectory is moved into its own ``LocalFrame`` (km around the

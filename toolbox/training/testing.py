@@ -1,84 +1,21 @@
-"""test.py: evaluate a run's checkpoint on a split and write its metrics and predictions."""
+"""test.py's work: evaluate a run's checkpoint on a split and write its metrics and predictions."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
 
-import tyro
-
-from toolbox.config import DEVICE_PATTERN, validate
+from toolbox.config.evaluate import EvaluateConfig
+from toolbox.config.training import DEVICE_PATTERN, TrainingConfig
 from toolbox.errors import UserError
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """Evaluate a trained run on its test (or validation) split. Options of the run's model
-    that change no weight may follow and override the run's (e.g. --model.sampler ddpm
-    --model.sample-steps 1000 for ddpm)."""
-
-    run: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_DIR_OR_CHECKPOINT")]
-    """A run directory (outputs/<run>) or a checkpoint file inside one."""
-    split: Literal["test", "val"] = "test"
-    """Split to evaluate."""
-    checkpoint: Literal["best", "last"] = "best"
-    """Which checkpoint of a run directory: model_best.pth.tar or checkpoint.pth.tar (ignored
-    when a checkpoint file is given)."""
-    device: str = "auto"
-    """auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps."""
-    batch_size: int | None = None
-    """Evaluation batch size, in samples (None: the run's --eval-batch-size)."""
-    ema: bool = True
-    """Evaluate the moving average of the weights of a run trained with --ema-decay, as its
-    own evaluations did (--no-ema: the trained weights)."""
-
-
-def split_model_options(argv: list[str]) -> tuple[list[str], list[str]]:
-    """``argv`` without its --model.* options and their values, and those (test.py's own
-    options are parsed before the run's model is known)."""
-    rest, model_options = [], []
-    target = rest
-    for arg in argv:
-        if arg.startswith("--"):
-            target = model_options if arg.startswith("--model.") else rest
-        target.append(arg)
-    return rest, model_options
-
-
-def with_model_options(config, argv: list[str], prog: str):
-    """``config`` with the --model.* options of ``argv``; only the model's weightless
-    options (ModelConfig.weightless_options) may change."""
-    model = config.model
-    options = dataclasses.make_dataclass(
-        "ModelOptions", [("model", type(model), dataclasses.field(default=model))], frozen=True
-    )
-    chosen = tyro.cli(options, args=argv, default=options(model), prog=prog).model
-    free = type(model).weightless_options
-    fixed = [
-        f"--model.{field.name.replace('_', '-')}"
-        for field in dataclasses.fields(model)
-        if field.name not in free and getattr(chosen, field.name) != getattr(model, field.name)
-    ]
-    if fixed:
-        allowed = " ".join(f"--model.{name.replace('_', '-')}" for name in free) or "none"
-        raise UserError(
-            f"{', '.join(fixed)}: test.py cannot change the run's model, whose weights were "
-            f"trained with the saved value; of --arch {config.arch}'s options it may change "
-            f"only those that change no weight ({allowed})."
-        )
-    changed = dataclasses.replace(config, model=chosen)
-    validate(changed)
-    return changed
-
-
 def evaluate_run(
-    options: EvaluateConfig, model_options: Sequence[str] = (), prog: str = "test.py"
+    options: EvaluateConfig,
+    adjust_config: Callable[[TrainingConfig], TrainingConfig] | None = None,
 ) -> Path:
     """Evaluate, print a table, and write ``<run>/test/<split>_{metrics,predictions}.csv``;
-    ``model_options`` are --model.* arguments (see with_model_options)."""
+    ``adjust_config`` may change the run's config first (test.py's --model.* options)."""
     if not DEVICE_PATTERN.fullmatch(options.device):
         raise UserError(
             f"--device is {options.device!r}; use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps."
@@ -90,14 +27,15 @@ def evaluate_run(
     from rich.table import Table
     from torch.utils.tensorboard import SummaryWriter
 
-    from toolbox import checkpoint
-    from toolbox.config import from_plain
+    from toolbox.config.plain import from_plain
     from toolbox.data.loaders import make_loader
-    from toolbox.evaluation import evaluate, evaluate_own_steps
     from toolbox.metrics import METRICS
-    from toolbox.records import write_figures
-    from toolbox.runtime import build_model, input_normalizer, resolve_device
-    from toolbox.steps import StepRunner, draw_figures, has_own_steps
+    from toolbox.models.steps import has_own_steps
+    from toolbox.records import checkpoint
+    from toolbox.records.tensorboard import write_figures
+    from toolbox.training.evaluation import evaluate, evaluate_own_steps
+    from toolbox.training.runtime import build_model, input_normalizer, resolve_device
+    from toolbox.training.steps import StepRunner, draw_figures
 
     path = Path(options.run)
     if path.is_dir():
@@ -113,8 +51,8 @@ def evaluate_run(
     run_dir = checkpoint_path.parent
     state = checkpoint.load_checkpoint(checkpoint_path)
     config = from_plain(state["config"], f"the config in {checkpoint_path}")
-    if model_options:
-        config = with_model_options(config, list(model_options), prog)
+    if adjust_config is not None:
+        config = adjust_config(config)
 
     device = resolve_device(options.device)
     splits = config.data.build()

@@ -11,10 +11,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from toolbox.checkpoint import LAST, load_checkpoint
-from toolbox.config import flat
+from toolbox.config.plain import flat
 from toolbox.errors import ArgumentParser, UserError
-from toolbox.run import CONFIG, METRICS, RECORD, MetricsTable, RunRecord
+from toolbox.records.checkpoint import LAST, load_checkpoint
+from toolbox.records.layout import CONFIG, METRICS, RECORD
+from toolbox.records.metrics_table import MetricsTable
+from toolbox.records.run_record import RunRecord
 
 USAGE = """\
 python -m toolbox runs [DIR] [--csv] [--arch A] [--dataset D] [--status S]

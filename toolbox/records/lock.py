@@ -16,8 +16,8 @@ from datetime import datetime
 from pathlib import Path
 
 from toolbox.errors import UserError
+from toolbox.records.layout import LOCK
 
-LOCK = "run.lock"
 NAME_MAX = 255  # bytes in one path component on Linux and macOS file systems
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 import shutil
 import tempfile
 import zipfile
@@ -14,17 +13,13 @@ from typing import Any
 import torch
 
 from toolbox.errors import UserError
+from toolbox.records.layout import BEST, LAST, PER_EPOCH, per_epoch_name  # noqa: F401 - public here too
 
+# The marker of toolbox checkpoints: this module's name when the format was made, kept so that
+# every checkpoint ever written still loads.
 FORMAT = "toolbox.checkpoint"
-LAST = "checkpoint.pth.tar"
-BEST = "model_best.pth.tar"
-PER_EPOCH = re.compile(r"checkpoint_e(\d+)\.pth\.tar")
 # torch.compile wraps a model; its state_dict keys gain this prefix, which we never save.
 COMPILED_PREFIX = "_orig_mod."
-
-
-def per_epoch_name(epoch: int) -> str:
-    return f"checkpoint_e{epoch}.pth.tar"
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:

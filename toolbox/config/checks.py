@@ -1,0 +1,104 @@
+"""The checks run before anything is built: every problem of a config in one pass."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+from toolbox.config.training import DEVICE_PATTERN, SLOTS, TrainingConfig
+from toolbox.criteria import CRITERIA
+from toolbox.errors import UserError
+from toolbox.metrics import METRICS
+
+
+def problems(config: TrainingConfig) -> list[str]:
+    """Every problem with ``config``, each naming the option, its value and the fix."""
+    found = []
+    counts = {
+        1: ("epochs", "batch_size", "eval_batch_size", "grad_accum", "eval_every", "log_every"),
+        0: (
+            "num_workers",
+            "checkpoint_every_steps",
+            "keep_last",
+            "max_nan_skips",
+            "early_stop_patience",
+            "histogram_every",
+        ),
+    }
+    for minimum, names in counts.items():
+        for name in names:
+            value = getattr(config, name)
+            if value < minimum:
+                bound = "at least 1" if minimum else "0 or more"
+                found.append(f"--{name.replace('_', '-')} is {value}; it must be {bound}.")
+    # Chained comparisons also catch nan. The timeout becomes a timedelta under torchrun,
+    # which overflows past 999,999,999 days; an infinite --early-stop-lr stops every run at
+    # its first check.
+    longest_timeout = timedelta.max.total_seconds()
+    if not 0 < config.dist_timeout <= longest_timeout:
+        found.append(
+            f"--dist-timeout is {config.dist_timeout}; give a positive number of seconds up to "
+            f"{longest_timeout:.3g} (e.g. 600)."
+        )
+    if not 0 <= config.early_stop_lr < math.inf:
+        found.append(
+            f"--early-stop-lr is {config.early_stop_lr}; it must be 0 (off) or a finite "
+            "learning rate (e.g. 1e-6)."
+        )
+    if any(epoch < 1 for epoch in config.save_at):
+        found.append(f"--save-at is {' '.join(map(str, config.save_at))}; epochs count from 1.")
+
+    if not 0 <= config.seed < 2**32:
+        found.append(f"--seed is {config.seed}; it must be in [0, 2**32) (numpy's range).")
+    if config.ema_decay is not None and not 0 < config.ema_decay < 1:
+        found.append(
+            f"--ema-decay is {config.ema_decay}; give a decay in (0, 1), e.g. 0.999 (an average "
+            "over about the last 1000 steps), or None for no average."
+        )
+    if config.clip_grad is not None and not 0 < config.clip_grad < math.inf:
+        found.append(
+            f"--clip-grad is {config.clip_grad}; give a positive, finite norm (e.g. 1.0), or "
+            "None for no clipping."
+        )
+    if not DEVICE_PATTERN.fullmatch(config.device):
+        found.append(
+            f"--device is {config.device!r}; use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps."
+        )
+    if config.run_name is not None and (
+        not config.run_name or "/" in config.run_name or config.run_name in (".", "..")
+    ):
+        found.append(f"--run-name is {config.run_name!r}; give a plain directory name (no '/').")
+    for slot in SLOTS:
+        found.extend(getattr(config, slot).problems())
+
+    task = config.data.task
+    if task not in config.loss.tasks and not config.model.own_steps:
+        found.append(
+            f"--criterion {config.criterion} does not apply to the {task} dataset "
+            f"{config.dataset!r}; use one of: "
+            + ", ".join(n for n in CRITERIA.names() if task in CRITERIA.get(n).tasks)
+            + "."
+        )
+    for name in config.metrics:
+        if task not in METRICS.get(name).tasks:
+            found.append(
+                f"--metrics {name} does not apply to the {task} dataset {config.dataset!r}; "
+                "use some of: "
+                + ", ".join(n for n in METRICS.names() if task in METRICS.get(n).tasks)
+                + "."
+            )
+    if len(set(config.metrics)) != len(config.metrics):
+        found.append(f"--metrics {' '.join(config.metrics)} names a metric twice.")
+    allowed = ["val_loss"] + [f"val_{name}" for name in config.metrics]
+    if config.monitor not in allowed:
+        found.append(
+            f"--monitor is {config.monitor!r}; it must be one of {', '.join(allowed)} "
+            "(a metric must also be listed in --metrics)."
+        )
+    return found
+
+
+def validate(config: TrainingConfig) -> None:
+    found = problems(config)
+    if found:
+        raise UserError("Invalid configuration:\n  - " + "\n  - ".join(found))

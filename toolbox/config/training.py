@@ -1,0 +1,181 @@
+"""The one frozen TrainingConfig: selectors, general options and the component slots."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tyro
+
+from toolbox.criteria import CRITERIA, CriterionConfig
+from toolbox.criteria.cross_entropy import CrossEntropy
+from toolbox.datasets import DATASETS, DatasetConfig
+from toolbox.datasets.digits import Digits
+from toolbox.metrics import METRICS
+from toolbox.models import MODELS, ModelConfig
+from toolbox.models.mlp import MLP
+from toolbox.optimizers import OPTIMIZERS, OptimizerConfig
+from toolbox.optimizers.adam import AdamW
+from toolbox.registry import Registry
+from toolbox.schedulers import SCHEDULERS, SchedulerConfig
+from toolbox.schedulers.schedules import Cosine
+
+
+def _show_default(shown: str) -> str:
+    """tyro renders a constructor_factory default as "['mlp']"; show it as typed: mlp."""
+    try:
+        value = ast.literal_eval(shown)
+    except (ValueError, SyntaxError):
+        return f"(default: {shown})"
+    return f"(default: {' '.join(map(str, value)) if isinstance(value, list) else value})"
+
+
+def _selector(registry: Registry) -> Any:
+    """A str field whose choices are read from the registry when the parser is built."""
+    return tyro.conf.arg(
+        constructor_factory=lambda: Literal[tuple(registry.names())],
+        help_behavior_hint=_show_default,
+    )
+
+
+MetricNames = Annotated[
+    tuple[str, ...],
+    tyro.conf.arg(
+        constructor_factory=lambda: tuple[Literal[tuple(METRICS.names())], ...],
+        help_behavior_hint=_show_default,
+    ),
+]
+
+
+# Component slots and the selector field that names each one's registered class.
+SLOTS: dict[str, tuple[str, Registry]] = {
+    "model": ("arch", MODELS),
+    "data": ("dataset", DATASETS),
+    "optim": ("optimizer", OPTIMIZERS),
+    "sched": ("scheduler", SCHEDULERS),
+    "loss": ("criterion", CRITERIA),
+}
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Train a model. Pick components with the selectors; their options follow in groups.
+    --sweep KEY=V1,V2 (repeatable, e.g. --sweep optim.lr=0.1,0.01 --sweep seed=0,1) trains
+    every combination into <output-dir>/<run-name>/ and writes summary.csv."""
+
+    arch: Annotated[str, _selector(MODELS)] = "mlp"
+    """Model architecture; its options are listed under --model.* (see --arch NAME --help)."""
+    dataset: Annotated[str, _selector(DATASETS)] = "digits"
+    """Dataset; its options are listed under --data.*."""
+    optimizer: Annotated[str, _selector(OPTIMIZERS)] = "adamw"
+    """Optimizer; its options are listed under --optim.*."""
+    scheduler: Annotated[str, _selector(SCHEDULERS)] = "cosine"
+    """Learning-rate schedule; its options are listed under --sched.*."""
+    criterion: Annotated[str, _selector(CRITERIA)] = "cross_entropy"
+    """Training loss; its options are listed under --loss.*."""
+    metrics: MetricNames = ("accuracy",)
+    """Metrics computed on every evaluation, over the whole split."""
+
+    epochs: int = 20
+    """Total number of epochs (on resume: the new total, counting the epochs already done)."""
+    batch_size: int = 64
+    """Training batch size, in samples per forward pass of one process (under torchrun the
+    global batch is this times the number of processes)."""
+    eval_batch_size: int = 512
+    """Evaluation batch size, in samples."""
+    grad_accum: int = 1
+    """Batches whose gradients are summed into one optimizer step."""
+    clip_grad: float | None = None
+    """Clip the gradients' global L2 norm to this value before each step (None: no clipping)."""
+    ema_decay: float | None = None
+    """Evaluate, sample from and test an exponential moving average of the weights, updated
+    after each optimizer step with this decay (e.g. 0.999, about the last 1000 steps; None:
+    the trained weights)."""
+    seed: int = 0
+    """Seed of python, numpy and torch random number generators."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast precision of forward passes; fp16 also scales the loss."""
+    compile: bool = False
+    """Compile the model with torch.compile (the first step's compile time is logged apart)."""
+    channels_last: bool = False
+    """Keep image batches and conv weights channels-last (faster convolutions on recent GPUs)."""
+    num_workers: int = 0
+    """Worker processes for datasets served through a DataLoader (--data.loader dataloader)."""
+    eval_every: int = 1
+    """Epochs between two evaluations on the validation split (the last epoch always is)."""
+    histogram_every: int = 10
+    """Epochs between two TensorBoard histograms of the weights and gradients (0: never)."""
+    log_every: int = 50
+    """Optimizer steps between two progress updates of the loss (each costs one host sync)."""
+    monitor: str = "val_loss"
+    """Metric that picks model_best.pth.tar: val_loss or val_<metric> (min or max follows)."""
+
+    checkpoint_every_steps: int = 0
+    """Also write checkpoint.pth.tar every this many optimizer steps (0: at epoch ends only)."""
+    keep_last: int = 0
+    """Keep the newest this many per-epoch checkpoints, checkpoint_e<N>.pth.tar (0: none)."""
+    save_at: tuple[int, ...] = ()
+    """Epochs whose checkpoint_e<N>.pth.tar is kept for good, whatever --keep-last says."""
+    early_stop_patience: int = 0
+    """Stop after this many evaluations without improvement of --monitor (0: never)."""
+    early_stop_lr: float = 0.0
+    """Stop when the learning rate falls below this value (0: never)."""
+    nan_policy: Literal["abort", "skip"] = "abort"
+    """On a non-finite loss: abort, keeping the last good checkpoint; or skip that batch."""
+    max_nan_skips: int = 10
+    """With --nan-policy skip: abort once this many batches were skipped in the run."""
+    deterministic: bool = False
+    """Use deterministic algorithms only (bit-exact reruns on GPUs too; some ops are slower)."""
+    sync_bn: bool = False
+    """Under torchrun, turn batch norms into SyncBatchNorm: statistics over every rank's batch
+    (CUDA only)."""
+    dist_timeout: float = 600.0
+    """Under torchrun, seconds a rank waits for the others at a collective before the job
+    ends with an error (a rank that died or hangs)."""
+    init_from: Path | None = None
+    """Weights to start from (checkpoint or state_dict); keys of another shape are skipped."""
+
+    output_dir: Path = Path("outputs")
+    """Directory that holds one sub-directory per run."""
+    run_name: str | None = None
+    """Name of the run's directory (None: the start time as YYMMDD_HHMMSS)."""
+    resume: Path | None = None
+    """checkpoint.pth.tar of a run to continue; its config is restored, flags override it.
+    auto: continue <output-dir>/<run-name> from its checkpoint if it has one, else start it
+    (so a restarted job, e.g. torchrun --max-restarts, picks up where it stopped)."""
+
+    model: ModelConfig = field(default_factory=MLP)
+    data: DatasetConfig = field(default_factory=Digits)
+    optim: OptimizerConfig = field(default_factory=AdamW)
+    sched: SchedulerConfig = field(default_factory=Cosine)
+    loss: CriterionConfig = field(default_factory=CrossEntropy)
+
+    @property
+    def monitor_mode(self) -> Literal["min", "max"]:
+        """Whether a lower ("min") or higher ("max") value of the monitored metric is better."""
+        if self.monitor == "val_loss":
+            return "min"
+        metric = METRICS.get(self.monitor.removeprefix("val_"))
+        return "max" if metric.higher_is_better else "min"
+
+
+def with_components(config: TrainingConfig, **names: str) -> TrainingConfig:
+    """``config`` with the named selectors changed and each changed slot at its defaults."""
+    changes: dict[str, Any] = {}
+    for slot, (selector, registry) in SLOTS.items():
+        name = names.get(selector)
+        if name is not None and name != getattr(config, selector):
+            changes[selector] = name
+            changes[slot] = registry.get(name)()
+            if slot == "model" and changes[slot].default_metrics is not None:
+                changes["metrics"] = changes[slot].default_metrics
+    return dataclasses.replace(config, **changes)
