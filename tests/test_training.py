@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -207,9 +208,6 @@ def test_default_digits_run_reaches_093_test_accuracy(train, evaluate, tmp_path)
 @pytest.mark.parametrize(
     "argv",
     [
-        ["--precision", "bf16"],
-        ["--precision", "fp16"],
-        ["--clip-grad", "0.5", "--grad-accum", "3"],
         ["--data.loader", "dataloader", "--num-workers", "2"],
         ["--arch", "cnn", "--optimizer", "sgd", "--scheduler", "warmup_cosine"],
         ["--scheduler", "plateau", "--monitor", "val_accuracy"],
@@ -220,6 +218,80 @@ def test_training_options_run_and_learn(train, tmp_path, argv):
     assert train(*TINY, "--epochs", "3", *argv, "--run-name", "x") == 0
     rows = read_rows(tmp_path / "outputs" / "x" / "metrics.csv")
     assert float(rows[-1]["val_accuracy"]) > 0.3  # 10 classes: chance is 0.1
+
+
+@pytest.fixture
+def linear_output_dtypes():
+    """The dtype of every nn.Linear output computed while the test runs (a global hook)."""
+    dtypes: list[torch.dtype] = []
+
+    def record(module, args, output):
+        if isinstance(module, torch.nn.Linear):
+            dtypes.append(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    yield dtypes
+    handle.remove()
+
+
+@pytest.fixture
+def applied_grad_norms():
+    """The total gradient norm each optimizer step applies (a global pre-step hook)."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    norms: list[float] = []
+
+    def record(optimizer, args, kwargs):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        norms_each = [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack(norms_each))))
+
+    handle = register_optimizer_step_pre_hook(record)
+    yield norms
+    handle.remove()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_precision_runs_the_forward_in_its_dtype_and_learns(
+    train, tmp_path, linear_output_dtypes, precision
+):
+    assert train(*TINY, "--epochs", "3", "--precision", precision, "--run-name", "x") == 0
+    run_dir = tmp_path / "outputs" / "x"
+    rows = read_rows(run_dir / "metrics.csv")
+    assert float(rows[-1]["val_accuracy"]) > 0.3  # 10 classes: chance is 0.1
+    # Every linear layer, in training and evaluation, ran under autocast to that dtype.
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert linear_output_dtypes and set(linear_output_dtypes) == {dtype}
+    scaler = torch.load(run_dir / "checkpoint.pth.tar", weights_only=True)["scaler"]
+    if precision == "bf16":
+        assert scaler == {}  # bf16 has float32's range: no loss scaling
+        return
+    # fp16 scaled the loss with a GradScaler, which the checkpoint keeps. It stepped once per
+    # optimizer step (27): each either counted towards growth or halved the scale from 2**16
+    # (growth needs 2000 clean steps in a row).
+    steps = int(rows[-1]["step"])
+    halvings = math.log2(2.0**16 / scaler["scale"])
+    assert steps == 27 and halvings == round(halvings) >= 0
+    assert 0 <= scaler["_growth_tracker"] <= steps - halvings
+    assert scaler["_growth_tracker"] == steps or halvings > 0
+
+
+def test_clip_grad_bounds_the_norm_each_step_applies_and_learns(
+    train, tmp_path, applied_grad_norms
+):
+    common = [*TINY, "--epochs", "3", "--grad-accum", "3", "--seed", "0"]
+    assert train(*common, "--run-name", "unclipped") == 0
+    unclipped = list(applied_grad_norms)
+    applied_grad_norms.clear()
+    assert train(*common, "--clip-grad", "0.5", "--run-name", "x") == 0
+    rows = read_rows(tmp_path / "outputs" / "x" / "metrics.csv")
+    assert float(rows[-1]["val_accuracy"]) > 0.3  # 10 classes: chance is 0.1
+    assert len(applied_grad_norms) == len(unclipped) == 9  # 3 epochs of 3 groups of 3 batches
+    assert max(applied_grad_norms) <= 0.5 * (1 + 1e-5)
+    # The same first gradients (same seed): the unclipped run steps with a larger norm, which
+    # --clip-grad scales down to 0.5.
+    assert unclipped[0] > 0.5
+    assert applied_grad_norms[0] == pytest.approx(0.5, rel=1e-4)
 
 
 def test_gradient_accumulation_equals_the_larger_batch(train, tmp_path):
