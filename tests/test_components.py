@@ -117,6 +117,131 @@ def test_vit_patch_size_must_divide_the_image(patch_size, shape):
         config.build(DatasetInfo("classification", shape, 10))
 
 
+# Models as they were built before they were built from toolbox.nn: the keys and shapes of
+# their state_dicts are those of the checkpoints saved then, which must still load and resume.
+
+
+ACTIVATION_CLASSES = {"relu": "ReLU", "gelu": "GELU", "silu": "SiLU", "tanh": "Tanh"}
+
+
+def mlp_as_built_before(config, info: DatasetInfo) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(info.input_shape)
+    for size in config.hidden_sizes:
+        layers.append(nn.Linear(width, size))
+        if config.norm == "batch":
+            layers.append(nn.BatchNorm1d(size))
+        elif config.norm == "layer":
+            layers.append(nn.LayerNorm(size))
+        layers.append(getattr(nn, ACTIVATION_CLASSES[config.activation])())
+        if config.dropout > 0:
+            layers.append(nn.Dropout(config.dropout))
+        width = size
+    layers.append(nn.Linear(width, info.num_outputs))
+    return nn.Sequential(*layers)
+
+
+def cnn_as_built_before(config, info: DatasetInfo) -> nn.Module:
+    first, second = config.channels
+    return nn.Sequential(
+        nn.Conv2d(info.input_shape[0], first, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(first, second, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveMaxPool2d(4),
+        nn.Flatten(),
+        nn.Dropout(config.dropout),
+        nn.Linear(second * 16, config.hidden_size),
+        nn.ReLU(),
+        nn.Dropout(config.dropout),
+        nn.Linear(config.hidden_size, info.num_outputs),
+    )
+
+
+class TorchEncoderViT(nn.Module):
+    """vit_tiny as it was built from torch's nn.TransformerEncoder."""
+
+    def __init__(self, config, info: DatasetInfo) -> None:
+        super().__init__()
+        channels, height, width = info.input_shape
+        patch, dim = config.patch_size, config.embed_dim
+        self.patch_embed = nn.Conv2d(channels, dim, patch, stride=patch)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
+        num_patches = (height // patch) * (width // patch)
+        self.position = nn.Parameter(torch.randn(1, num_patches + 1, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            dim,
+            config.num_heads,
+            int(dim * config.mlp_ratio),
+            config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, info.num_outputs)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(images).flatten(2).transpose(1, 2)
+        class_token = self.class_token.expand(tokens.shape[0], -1, -1)
+        tokens = torch.cat([class_token, tokens], dim=1) + self.position
+        return self.head(self.norm(self.encoder(tokens)[:, 0]))
+
+
+BUILT_BEFORE = [
+    ("mlp", {}, mlp_as_built_before),
+    ("mlp", {"norm": "batch"}, mlp_as_built_before),
+    ("mlp", {"norm": "layer", "activation": "gelu", "hidden_sizes": (32, 16)}, mlp_as_built_before),
+    ("mlp", {"hidden_sizes": (), "dropout": 0.0}, mlp_as_built_before),
+    ("cnn", {}, cnn_as_built_before),
+    ("vit_tiny", {"depth": 2}, TorchEncoderViT),
+    ("vit_tiny", {"depth": 2, "num_heads": 4, "mlp_ratio": 1.5, "dropout": 0.1}, TorchEncoderViT),
+]
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(("arch", "changes", "build_before"), BUILT_BEFORE)
+def test_model_keeps_the_state_dict_and_function_it_had_before_toolbox_nn(
+    arch, changes, build_before, shape
+):
+    info = DatasetInfo("classification", shape, 10)
+    config = MODELS.get(arch)(**changes)
+    torch.manual_seed(0)
+    model = config.build(info)
+    torch.manual_seed(0)
+    before = build_before(config, info)
+    # The same keys, shapes and parameter order (which optimizer states follow), and a seeded
+    # build starts from the same values.
+    ours, theirs = model.state_dict(), before.state_dict()
+    assert list(ours) == list(theirs)
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value), key
+    assert [name for name, _ in model.named_parameters()] == [
+        name for name, _ in before.named_parameters()
+    ]
+
+    # Weights trained away from their initial values (the copies of a layer apart) give the
+    # same outputs and gradients.
+    with torch.no_grad():
+        for parameter in before.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    model.load_state_dict(before.state_dict())
+    inputs = torch.randn(4, *shape)
+    model.eval()
+    before.eval()
+    with torch.no_grad():  # torch's encoder takes its fused inference path here
+        torch.testing.assert_close(model(inputs), before(inputs))
+    if not getattr(config, "dropout", 0.0):  # dropout draws its masks in a different order
+        model.train()
+        before.train()
+        model(inputs).square().sum().backward()
+        before(inputs).square().sum().backward()
+        for (name, ours), theirs in zip(model.named_parameters(), before.parameters(), strict=True):
+            torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 # --- Problems of component configs ------------------------------------------------------------
 
 

@@ -61,6 +61,46 @@ def test_unet_predicts_noise_of_the_input_shape(shape):
     assert output.shape == (2, *shape)
 
 
+def test_unet_keeps_the_keys_of_earlier_ddpm_checkpoints():
+    unet = UNet(1, base_channels=8, channel_multipliers=(1, 2))
+    block = ["norm1", "conv1", "time", "norm2", "conv2"]
+    layers = [
+        "time_mlp.0",  # linear, SiLU, linear: toolbox.nn.MLP is an nn.Sequential of them
+        "time_mlp.2",
+        "input",
+        *[f"down_blocks.0.{name}" for name in block],
+        "downsamples.0",
+        *[f"middle_in.{name}" for name in [*block, "skip"]],
+        "attention.norm",
+        "attention.qkv",
+        "attention.proj",
+        *[f"middle_out.{name}" for name in block],
+        "upsamples.0.conv",
+        *[f"up_blocks.0.{name}" for name in [*block, "skip"]],
+        "output.0",
+        "output.2",
+    ]
+    state = unet.state_dict()
+    assert list(state) == [f"{layer}.{kind}" for layer in layers for kind in ("weight", "bias")]
+    assert state["time_mlp.0.weight"].shape == (32, 8)  # 4 * base_channels, base_channels
+    assert state["time_mlp.2.weight"].shape == (32, 32)
+    assert state["attention.qkv.weight"].shape == (48, 16, 1, 1)  # a 1x1 conv, not a Linear
+
+
+def test_unet_reads_the_sinusoidal_features_of_its_timesteps_sines_first():
+    unet = UNet(1, base_channels=8)
+    features = []
+    unet.time_mlp.register_forward_pre_hook(lambda module, inputs: features.append(inputs[0]))
+    timesteps = torch.tensor([0, 1, 500, 999])
+    unet(torch.randn(4, 1, 8, 8), timesteps)
+    # [sin(t w_i)..., cos(t w_i)...] with w_i = 10000**(-i / 4), as DDPM embeds timesteps;
+    # float32 angles of t up to 999 are good to about 1e-4.
+    frequencies = 10000.0 ** -(torch.arange(4, dtype=torch.float64) / 4)
+    angles = timesteps.double()[:, None] * frequencies
+    expected = torch.cat([angles.sin(), angles.cos()], dim=1).float()
+    torch.testing.assert_close(features[0], expected, atol=1e-4, rtol=0)
+
+
 def test_linear_schedule_matches_ho_et_al_and_scales_with_t():
     betas = beta_schedule("linear", 1000)
     assert betas[0].item() == pytest.approx(1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import math
 
 import pytest
@@ -9,6 +10,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from torch import nn
 
+import toolbox.nn
+from tests.conftest import REPO
 from toolbox.nn import (
     MLP,
     ChannelLayerNorm,
@@ -37,6 +40,7 @@ from toolbox.nn import (
     Unpatchify2d,
     patchify_1d,
     patchify_2d,
+    sinusoidal_embedding,
     sinusoidal_table,
     unpatchify_1d,
     unpatchify_2d,
@@ -173,6 +177,24 @@ def test_sinusoidal_table_matches_the_paper():
     # dim 4: frequencies 1 / 10000**(0 / 4) = 1 and 1 / 10000**(2 / 4) = 1 / 100
     expected = [[math.sin(p), math.cos(p), math.sin(p / 100), math.cos(p / 100)] for p in range(3)]
     torch.testing.assert_close(table, torch.tensor(expected))
+
+
+def test_sinusoidal_embedding_encodes_any_positions_in_either_layout():
+    positions = torch.tensor([[0.0, 2.5], [999.0, 7.0]])  # any shape, not only indices
+    features = sinusoidal_embedding(positions, 6)
+    assert features.shape == (2, 2, 6) and features.dtype == torch.float32
+    angles = [999.0 / 10000 ** (2 * i / 6) for i in range(3)]
+    expected = [f(angle) for angle in angles for f in (math.sin, math.cos)]  # interleaved
+    torch.testing.assert_close(features[1, 0], torch.tensor(expected))
+    # Sines first, then cosines (DDPM's timestep layout): the same features, reordered.
+    halves = sinusoidal_embedding(positions, 6, interleave=False)
+    assert torch.equal(halves, torch.cat([features[..., 0::2], features[..., 1::2]], dim=-1))
+    # The table is the embedding of the indices; half-precision positions get float32 angles.
+    assert torch.equal(sinusoidal_table(5, 6), sinusoidal_embedding(torch.arange(5), 6))
+    low_precision = sinusoidal_embedding(torch.arange(5, dtype=torch.float16), 6)
+    assert torch.equal(low_precision, sinusoidal_table(5, 6))
+    with pytest.raises(ValueError, match="needs an even dim, got 5"):
+        sinusoidal_embedding(positions, 5)
 
 
 def test_sinusoidal_encoding_adds_the_table():
@@ -343,6 +365,42 @@ def test_cross_attention_matches_torch_multihead_attention():
     torch.testing.assert_close(attention(x, context, key_mask), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_packed_self_attention_holds_torch_multihead_attention_parameters():
+    torch.manual_seed(3)
+    reference = nn.MultiheadAttention(16, 4, batch_first=True)
+    torch.manual_seed(3)
+    attention = MultiHeadSelfAttention(16, 4, packed=True)
+    # The same keys and shapes, made and initialised in the same order: equal seeded values.
+    ours, theirs = attention.state_dict(), reference.state_dict()
+    assert list(ours) == list(theirs)
+    assert list(ours) == ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value), key
+
+    # Its state_dict, trained away from the initial values, gives torch's outputs.
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    attention.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 6, 16)
+    key_mask = right_padding_mask([6, 4, 1], 6)
+    expected, _ = reference.eval()(x, x, x, key_padding_mask=~key_mask, need_weights=False)
+    torch.testing.assert_close(attention(x, key_mask), expected, atol=1e-5, rtol=1e-5)
+
+    # Packed or not, the same weights compute the same attention.
+    plain = MultiHeadSelfAttention(16, 4, causal=True, rotary=True)
+    packed = MultiHeadSelfAttention(16, 4, causal=True, rotary=True, packed=True)
+    with torch.no_grad():
+        projections = [plain.q_proj, plain.k_proj, plain.v_proj]
+        packed.in_proj_weight.copy_(torch.cat([p.weight for p in projections]))
+        packed.in_proj_bias.copy_(torch.cat([p.bias for p in projections]))
+        packed.out_proj.load_state_dict(plain.out_proj.state_dict())
+    torch.testing.assert_close(packed(x, key_mask), plain(x, key_mask))
+    unbiased = MultiHeadSelfAttention(8, 2, bias=False, packed=True)
+    assert list(unbiased.state_dict()) == ["in_proj_weight", "out_proj.weight"]
+    assert unbiased(torch.randn(2, 3, 8)).shape == (2, 3, 8)
+
+
 def test_masked_keys_do_not_influence_outputs():
     key_mask = right_padding_mask([5, 3], 5)
     changed_at_padding = torch.where(key_mask[..., None], 0.0, torch.randn(2, 5, 1) * 100)
@@ -391,9 +449,10 @@ def test_rotary_attention_applies_the_rotation():
     [
         MultiHeadSelfAttention(8, 2, dropout=0.1),
         MultiHeadSelfAttention(8, 2, causal=True, rotary=True),
+        MultiHeadSelfAttention(8, 2, dropout=0.1, rotary=True, packed=True),
         MultiHeadCrossAttention(8, 2, context_dim=6),
     ],
-    ids=["self", "causal-rotary", "cross"],
+    ids=["self", "causal-rotary", "packed-rotary", "cross"],
 )
 def test_attention_shapes_and_gradients(attention):
     x = torch.randn(2, 5, 8)
@@ -601,3 +660,46 @@ def test_rmse_loss_has_a_finite_gradient_at_zero_error():
     assert (prediction.grad == 0).all()
     with pytest.raises(ValueError, match="eps must be non-negative"):
         RMSELoss(eps=-1.0)
+
+
+# What the blocks are for
+
+USERS_LIST = "Kept for the models users write"
+
+
+def names_used_in(path) -> set[str]:
+    """Names that the code of ``path`` imports, reads or reads as attributes (not its text)."""
+    used = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            used.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            used.add(node.attr)
+        elif isinstance(node, ast.ImportFrom):
+            used.update(alias.name for alias in node.names)
+    return used
+
+
+def test_every_block_is_used_or_kept_for_users_with_a_reason():
+    """Each export of toolbox.nn is used by the toolbox or its examples (a model, or another
+    block), or the package docstring lists it, with its reason, as kept for user models."""
+    sources = [*(REPO / "toolbox").rglob("*.py"), *(REPO / "examples").glob("*.py")]
+    init = REPO / "toolbox" / "nn" / "__init__.py"
+    used = set().union(*(names_used_in(path) for path in sources if path != init))
+    listed = toolbox.nn.__doc__.split(USERS_LIST, 1)[1]
+    kept = {
+        name.strip()
+        for line in listed.splitlines()
+        if line.startswith("- ")
+        for name in line[2:].split(":", 1)[0].split(",")
+    }
+    exported = set(toolbox.nn.__all__)
+    assert kept <= exported, f"listed but not exported by toolbox.nn: {sorted(kept - exported)}"
+    unused = exported - used
+    assert not unused - kept, (
+        f"{sorted(unused - kept)}: used by nothing in the toolbox or examples; use them, list "
+        f"them under '{USERS_LIST}' in toolbox/nn/__init__.py with a reason, or delete them"
+    )
+    assert not kept - unused, (
+        f"{sorted(kept - unused)}: used now; take them off the '{USERS_LIST}' list"
+    )

@@ -29,8 +29,13 @@ class CNN(ModelConfig):
     def build(self, info):
         from torch import nn
 
+        from toolbox.nn import MLP
+
         in_channels, _, _ = self.image_shape(info)
         first, second = self.channels
+        # Plain conv-ReLU layers, not toolbox.nn.ConvBlock2d: without a norm the block adds
+        # nothing but a level of nesting, which would rename every conv's keys (0.weight ->
+        # 0.conv.weight) and break resuming cnn runs saved before.
         return nn.Sequential(
             nn.Conv2d(in_channels, first, 3, padding=1),
             nn.ReLU(),
@@ -41,8 +46,7 @@ class CNN(ModelConfig):
             nn.AdaptiveMaxPool2d(4),
             nn.Flatten(),
             nn.Dropout(self.dropout),
-            nn.Linear(second * 16, self.hidden_size),
-            nn.ReLU(),
-            nn.Dropout(self.dropout),
-            nn.Linear(self.hidden_size, info.num_outputs),
+            # linear, ReLU, dropout, linear; spliced in rather than nested, so that the keys
+            # stay 8.weight ... 11.bias, as in earlier cnn checkpoints.
+            *MLP(second * 16, [self.hidden_size], info.num_outputs, dropout=self.dropout),
         )

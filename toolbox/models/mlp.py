@@ -7,7 +7,7 @@ from typing import Literal
 from toolbox.models import ModelConfig, register_model
 
 Activation = Literal["relu", "gelu", "silu", "tanh"]
-ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU", "silu": "SiLU", "tanh": "Tanh"}
+"""The choices of --model.activation: a subset of toolbox.nn's activation names."""
 
 
 @register_model("mlp")
@@ -36,17 +36,16 @@ class MLP(ModelConfig):
     def build(self, info):
         from torch import nn
 
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = math.prod(info.input_shape)
-        for size in self.hidden_sizes:
-            layers.append(nn.Linear(width, size))
-            if self.norm == "batch":
-                layers.append(nn.BatchNorm1d(size))
-            elif self.norm == "layer":
-                layers.append(nn.LayerNorm(size))
-            layers.append(getattr(nn, ACTIVATIONS[self.activation])())
-            if self.dropout > 0:
-                layers.append(nn.Dropout(self.dropout))
-            width = size
-        layers.append(nn.Linear(width, info.num_outputs))
-        return nn.Sequential(*layers)
+        from toolbox import nn as blocks  # not `import MLP`: this config class is MLP
+
+        layers = blocks.MLP(
+            math.prod(info.input_shape),
+            self.hidden_sizes,
+            info.num_outputs,
+            activation=self.activation,
+            dropout=self.dropout,
+            norm=self.norm,
+        )
+        # The block's layers spliced in after the flatten, not nested under it, so that the
+        # state_dict keys stay those of earlier mlp checkpoints: 1.weight, 1.bias, ...
+        return nn.Sequential(nn.Flatten(), *layers)

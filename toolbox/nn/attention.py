@@ -19,7 +19,13 @@ class _MultiHeadAttention(nn.Module):
     """Projections and the attention itself, shared by self- and cross-attention."""
 
     def __init__(
-        self, dim: int, num_heads: int, key_value_dim: int, dropout: float, bias: bool
+        self,
+        dim: int,
+        num_heads: int,
+        key_value_dim: int,
+        dropout: float,
+        bias: bool,
+        packed: bool = False,
     ) -> None:
         super().__init__()
         check_positive("dim", dim)
@@ -31,14 +37,37 @@ class _MultiHeadAttention(nn.Module):
         self.dim = dim
         self.num_heads = num_heads
         self.dropout = dropout
-        self.q_proj = nn.Linear(dim, dim, bias)
-        self.k_proj = nn.Linear(key_value_dim, dim, bias)
-        self.v_proj = nn.Linear(key_value_dim, dim, bias)
-        self.out_proj = nn.Linear(dim, dim, bias)
+        self.packed = packed
+        if packed:  # nn.MultiheadAttention's parameters, created and initialised in its order
+            self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+            self.in_proj_bias = nn.Parameter(torch.empty(3 * dim)) if bias else None
+            self.out_proj = nn.Linear(dim, dim, bias)
+            nn.init.xavier_uniform_(self.in_proj_weight)
+            if bias:
+                nn.init.zeros_(self.in_proj_bias)
+                nn.init.zeros_(self.out_proj.bias)
+        else:
+            self.q_proj = nn.Linear(dim, dim, bias)
+            self.k_proj = nn.Linear(key_value_dim, dim, bias)
+            self.v_proj = nn.Linear(key_value_dim, dim, bias)
+            self.out_proj = nn.Linear(dim, dim, bias)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         # (B, L, dim) -> (B, heads, L, head_dim)
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+    def _project(
+        self, x: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries from ``x``, keys and values from ``context``, each (B, heads, L, head_dim)."""
+        if self.packed:  # self-attention only: context is x
+            projected = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3 * dim)
+            return tuple(self._split_heads(part) for part in projected.chunk(3, dim=-1))
+        return (
+            self._split_heads(self.q_proj(x)),
+            self._split_heads(self.k_proj(context)),
+            self._split_heads(self.v_proj(context)),
+        )
 
     def _attend(
         self,
@@ -48,9 +77,7 @@ class _MultiHeadAttention(nn.Module):
         causal: bool,
         rotary: RotaryEmbedding | None,
     ) -> torch.Tensor:
-        query = self._split_heads(self.q_proj(x))
-        key = self._split_heads(self.k_proj(context))
-        value = self._split_heads(self.v_proj(context))
+        query, key, value = self._project(x, context)
         if rotary is not None:
             query, key = rotary(query, key)
         query_len, key_len = x.shape[1], context.shape[1]
@@ -100,6 +127,12 @@ class MultiHeadSelfAttention(_MultiHeadAttention):
     ``causal`` lets each position attend only to itself and earlier ones; ``rotary`` applies
     :class:`RotaryEmbedding` to queries and keys; ``dropout`` drops attention weights while
     training. See the module docstring for ``key_mask``.
+
+    The projections are Linear layers ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj``;
+    ``packed=True`` holds the first three as nn.MultiheadAttention does instead, in one
+    ``in_proj_weight`` (3 * dim, dim) and ``in_proj_bias`` (3 * dim), initialised as it
+    initialises them (Xavier-uniform weight, zero biases): its state_dict then loads into
+    this layer and back, and one matrix product projects all three.
     """
 
     def __init__(
@@ -112,8 +145,9 @@ class MultiHeadSelfAttention(_MultiHeadAttention):
         causal: bool = False,
         rotary: bool = False,
         rotary_base: float = 10000.0,
+        packed: bool = False,
     ) -> None:
-        super().__init__(dim, num_heads, dim, dropout, bias)
+        super().__init__(dim, num_heads, dim, dropout, bias, packed)
         if rotary and (dim // num_heads) % 2:
             raise ValueError(
                 f"rotary=True needs an even head size, but dim / num_heads = {dim // num_heads}"

@@ -8,6 +8,26 @@ from torch import nn
 from toolbox.nn._checks import check_positive
 
 
+def sinusoidal_embedding(
+    positions: torch.Tensor, dim: int, base: float = 10000.0, *, interleave: bool = True
+) -> torch.Tensor:
+    """Sinusoidal features (*positions.shape, dim) in float32 of any positions, integer or not
+    (diffusion timesteps, times of events), as "Attention is all you need" encodes indices.
+
+    With ``angle = p / base**(2i / dim)``, feature pair i is (sin(angle), cos(angle)):
+    interleaved (sin, cos, sin, cos, ...) by default, or all sines first and then all cosines
+    when ``interleave`` is False (the layout of DDPM's timestep embedding).
+    """
+    if dim % 2:
+        raise ValueError(f"a sinusoidal encoding needs an even dim, got {dim}")
+    # Angles in float32 even for half-precision inputs: p * frequency loses digits early.
+    exponents = torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim
+    angles = positions.float()[..., None] * base**-exponents  # (*positions.shape, dim / 2)
+    if interleave:
+        return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
 def sinusoidal_table(
     length: int,
     dim: int,
@@ -18,15 +38,10 @@ def sinusoidal_table(
 ) -> torch.Tensor:
     """The (length, dim) table of "Attention is all you need": with
     ``angle = p / base**(2i / dim)``, ``table[p, 2i] = sin(angle)`` and
-    ``table[p, 2i + 1] = cos(angle)``.
+    ``table[p, 2i + 1] = cos(angle)``; :func:`sinusoidal_embedding` of positions 0..length-1.
     """
-    if dim % 2:
-        raise ValueError(f"a sinusoidal encoding needs an even dim, got {dim}")
-    # Angles in float32 even for half-precision outputs: p * frequency loses digits early.
     positions = torch.arange(length, device=device, dtype=torch.float32)
-    exponents = torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim
-    angles = positions[:, None] * base**-exponents  # (length, dim / 2)
-    table = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # sin, cos interleaved
+    table = sinusoidal_embedding(positions, dim, base)
     return table.to(dtype) if dtype is not None else table
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from toolbox.models.steps import MAIN_LOSS, StepOutput
+from toolbox.nn import MLP, sinusoidal_embedding
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(noisy images (B, C, H, W), timesteps (B,)) -> the noise it predicts in them (B, C, H, W)."""
@@ -25,14 +26,12 @@ ClipRange = tuple[torch.Tensor | float, torch.Tensor | float]
 """Lowest and highest value of clean images, floats or per-channel tensors (C, 1, 1)."""
 
 
-def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal features (B, dim) of timesteps (B,), as the Transformer encodes positions."""
-    half = dim // 2
-    frequencies = torch.exp(
-        -math.log(10_000.0) * torch.arange(half, device=timesteps.device) / half
-    )
-    angles = timesteps.float()[:, None] * frequencies[None]  # (B, half)
-    return torch.cat([angles.sin(), angles.cos()], dim=1)
+# The convolutions and attention below are written out rather than built from toolbox.nn's
+# ConvBlock2d (norm="group", activation="silu", order="pre" is each norm-SiLU-conv here) and
+# MultiHeadSelfAttention (one head of it is SelfAttention's maths): those blocks hold their
+# weights under other names and shapes (block.norm.*, block.conv.*; q_proj.weight (C, C) and
+# the like, not this 1x1 conv's qkv.weight (3C, C, 1, 1)), so building from them would rename
+# the keys of every ddpm checkpoint and leave the runs saved before unable to resume.
 
 
 class ResidualBlock(nn.Module):
@@ -114,9 +113,8 @@ class UNet(nn.Module):
         self.base_channels = base_channels
         time_dim = 4 * base_channels
         widths = [base_channels * multiplier for multiplier in channel_multipliers]
-        self.time_mlp = nn.Sequential(
-            nn.Linear(base_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
-        )
+        # An nn.Sequential of linear, SiLU, linear: keys time_mlp.0.* and time_mlp.2.*.
+        self.time_mlp = MLP(base_channels, [time_dim], time_dim, activation="silu")
         self.input = nn.Conv2d(in_channels, widths[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
         self.downsamples = nn.ModuleList()
@@ -142,7 +140,9 @@ class UNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        time = F.silu(self.time_mlp(timestep_embedding(timesteps, self.base_channels)))
+        # Sines first, then cosines: the columns of time_mlp.0.weight in ddpm checkpoints.
+        embedding = sinusoidal_embedding(timesteps, self.base_channels, interleave=False)
+        time = F.silu(self.time_mlp(embedding))  # (B, 4 * base_channels)
         hidden = self.input(x)
         skips = []
         for block, downsample in zip(self.down_blocks, self.downsamples, strict=True):
