@@ -41,11 +41,12 @@ THINGS = Registry("thing", __name__, Thing, "--thing")
 """
 
 
-def thing_module(name: str, class_name: str) -> str:
+def thing_module(name: str, class_name: str, parent: str = ".") -> str:
+    """A module registering ``name``; ``parent=".."`` for the ``__init__`` of a subpackage."""
     return f"""
 from dataclasses import dataclass
 
-from . import THINGS, Thing
+from {parent} import THINGS, Thing
 
 
 @THINGS.register({name!r})
@@ -57,8 +58,9 @@ class {class_name}(Thing):
 
 @pytest.fixture
 def make_package(tmp_path, monkeypatch):
-    """Writes a package of component modules under tmp_path, importable by a unique name;
-    every module of it is dropped from sys.modules afterwards."""
+    """Writes a package of component modules under tmp_path, importable by a unique name
+    (a module named "sub/__init__" or "sub/network" goes into the subpackage sub); every
+    module of it is dropped from sys.modules afterwards."""
     names = []
 
     def make(modules: dict[str, str]) -> str:
@@ -67,7 +69,9 @@ def make_package(tmp_path, monkeypatch):
         folder.mkdir(parents=True)
         (folder / "__init__.py").write_text(PACKAGE_INIT)
         for module, text in modules.items():
-            (folder / f"{module}.py").write_text(textwrap.dedent(text))
+            path = folder / f"{module}.py"
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(textwrap.dedent(text))
         monkeypatch.syspath_prepend(str(tmp_path / "packages"))
         names.append(name)
         return name
@@ -109,6 +113,25 @@ def test_first_use_imports_every_public_module_of_the_package(make_package, firs
     alpha = things.get("alpha")
     assert alpha.__name__ == "Alpha" and alpha.registered_name == "alpha"
     assert things.name_of(alpha(size=3)) == "alpha"
+
+
+def test_first_use_imports_each_public_subpackage_but_no_module_inside_it(make_package):
+    inside = "raise RuntimeError('the scan imported a module inside a subpackage')\n"
+    package = make_package(
+        {
+            "alpha": thing_module("alpha", "Alpha"),
+            # A component with torch code: its config in __init__, its network beside it.
+            "gamma/__init__": thing_module("gamma", "Gamma", parent=".."),
+            "gamma/network": inside,
+            "_hidden/__init__": "raise RuntimeError('a private subpackage was imported')\n",
+        }
+    )
+    things = importlib.import_module(package).THINGS
+
+    assert things.names() == ["alpha", "gamma"]
+    assert things.get("gamma").__module__ == f"{package}.gamma"
+    assert f"{package}.gamma.network" not in sys.modules
+    assert f"{package}._hidden" not in sys.modules
 
 
 def test_duplicate_name_is_refused_naming_both_classes(make_package):
@@ -236,16 +259,42 @@ class PluginLinear(ModelConfig):
 '''
 
 
-def test_one_new_file_adds_a_model(tmp_path, monkeypatch):
+NEW_MODEL_NETWORK = """
+from torch import nn
+
+
+def linear_model(width, num_outputs, bias):
+    return nn.Sequential(nn.Flatten(), nn.Linear(width, num_outputs, bias=bias))
+"""
+NEW_MODEL_PACKAGE = NEW_MODEL.replace(
+    "from torch import nn\n",
+    "from toolbox.models.plugin_linear_model.network import linear_model\n",
+).replace(
+    "return nn.Sequential(nn.Flatten(), nn.Linear(width, info.num_outputs, bias=self.bias))",
+    "return linear_model(width, info.num_outputs, self.bias)",
+)
+LAYOUTS = {
+    "module": {"plugin_linear_model.py": NEW_MODEL},
+    "subpackage": {
+        "plugin_linear_model/__init__.py": NEW_MODEL_PACKAGE,
+        "plugin_linear_model/network.py": NEW_MODEL_NETWORK,
+    },
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_one_new_file_adds_a_model(tmp_path, monkeypatch, layout):
     import torch
 
     import toolbox.models
     from toolbox.datasets import DatasetInfo
 
     folder = tmp_path / "more_models"
-    folder.mkdir()
-    (folder / "plugin_linear_model.py").write_text(NEW_MODEL)
+    for path, text in LAYOUTS[layout].items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_text(text)
     module_name = "toolbox.models.plugin_linear_model"
+    network_name = f"{module_name}.network"
     before = MODELS.names()
     monkeypatch.setattr(toolbox.models, "__path__", [*toolbox.models.__path__, str(folder)])
     monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
@@ -253,6 +302,7 @@ def test_one_new_file_adds_a_model(tmp_path, monkeypatch):
     importlib.invalidate_caches()
     try:
         assert MODELS.names() == sorted([*before, "plugin_linear"])
+        assert network_name not in sys.modules  # a subpackage's torch code waits for build()
 
         # The new name is a valid --arch everywhere: config, checks, JSON form and build.
         config = with_components(TrainingConfig(), arch="plugin_linear")
@@ -262,7 +312,9 @@ def test_one_new_file_adds_a_model(tmp_path, monkeypatch):
         assert from_plain(plain).model == type(config.model)(bias=False)
         model = config.model.build(DatasetInfo("classification", (1, 8, 8), 10))
         assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+        assert (network_name in sys.modules) == (layout == "subpackage")
     finally:
+        sys.modules.pop(network_name, None)
         sys.modules.pop(module_name, None)
         if hasattr(toolbox.models, "plugin_linear_model"):
             delattr(toolbox.models, "plugin_linear_model")
@@ -274,9 +326,11 @@ def test_one_new_file_adds_a_model(tmp_path, monkeypatch):
 def test_listing_every_registry_imports_neither_torch_nor_private_modules():
     script = textwrap.dedent(
         """
+        import pkgutil
         import sys
 
         import toolbox.config as config
+        import toolbox.models
         from toolbox.metrics import METRICS
 
         registries = [registry for _, registry in config.SLOTS.values()] + [METRICS]
@@ -288,10 +342,27 @@ def test_listing_every_registry_imports_neither_torch_nor_private_modules():
             if module.startswith("toolbox.") and module.rsplit(".", 1)[1].startswith("_")
         )
         print("torch:", "torch" in sys.modules, "private:", private)
+        # Each model subpackage registers its model from its __init__, importing nothing inside.
+        subpackages = [
+            f"toolbox.models.{found.name}"
+            for found in pkgutil.iter_modules(toolbox.models.__path__) if found.ispkg
+        ]
+        models = [toolbox.models.MODELS.get(name) for name in toolbox.models.MODELS.names()]
+        registering = {model.__module__ for model in models}
+        print("subpackages:", subpackages)
+        print("not registering:", [name for name in subpackages if name not in registering])
+        print("inside:", sorted(
+            module for module in sys.modules
+            if any(module.startswith(name + ".") for name in subpackages)
+        ))
         """
     )
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "torch: False private: []"
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "torch: False private: []"
+    for subpackage in ["ddpm", "trajectory", "vit"]:
+        assert f"'toolbox.models.{subpackage}'" in lines[1], lines[1]
+    assert lines[2:] == ["not registering: []", "inside: []"]

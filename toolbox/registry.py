@@ -16,9 +16,11 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Maps names to the frozen config dataclasses of one kind of component.
 
-    On first lookup it imports every public module of its package, so adding a component is
-    one new file: the module registers itself when imported. Modules whose names start with
-    an underscore are skipped; they hold torch code that must not load before parsing.
+    On first lookup it imports every public module and subpackage of its package, so adding a
+    component is one new file (or folder): it registers itself when imported. Of a subpackage
+    only its ``__init__`` is imported, which registers the config and stays torch-free; its
+    torch code lives in sibling modules (``network.py``) that ``build()`` imports. Names that
+    start with an underscore are skipped.
     """
 
     def __init__(self, kind: str, package: str, base: type[T], option: str) -> None:
