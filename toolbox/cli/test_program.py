@@ -7,6 +7,7 @@ import dataclasses
 import tyro
 
 from toolbox.config.checks import validate
+from toolbox.config.resume import fixed_fields
 from toolbox.errors import UserError
 
 
@@ -23,18 +24,19 @@ def split_model_options(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def with_model_options(config, argv: list[str], prog: str):
-    """``config`` with the --model.* options of ``argv``; only the model's weightless
-    options (ModelConfig.weightless_options) may change."""
+    """``config`` with the --model.* options of ``argv``; only the model's options that
+    change no weight, those a resumed run may change too (free_on_resume), may change."""
     model = config.model
     options = dataclasses.make_dataclass(
         "ModelOptions", [("model", type(model), dataclasses.field(default=model))], frozen=True
     )
     chosen = tyro.cli(options, args=argv, default=options(model), prog=prog).model
-    free = type(model).weightless_options
+    fixed_names = fixed_fields(model)
+    free = [field.name for field in dataclasses.fields(model) if field.name not in fixed_names]
     fixed = [
-        f"--model.{field.name.replace('_', '-')}"
-        for field in dataclasses.fields(model)
-        if field.name not in free and getattr(chosen, field.name) != getattr(model, field.name)
+        f"--model.{name.replace('_', '-')}"
+        for name in fixed_names
+        if getattr(chosen, name) != getattr(model, name)
     ]
     if fixed:
         allowed = " ".join(f"--model.{name.replace('_', '-')}" for name in free) or "none"

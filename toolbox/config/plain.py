@@ -65,7 +65,8 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-def _from_plain(cls: type, data: Any, where: str) -> Any:
+def _from_plain(cls: type, data: Any, where: str, /, **given: Any) -> Any:
+    """An instance of ``cls`` from ``data``'s keys, converted, and ``given``'s values."""
     if not isinstance(data, dict):
         raise UserError(f"{where} must be a JSON object, not {data!r}.")
     hints = typing.get_type_hints(cls, include_extras=True)
@@ -76,9 +77,8 @@ def _from_plain(cls: type, data: Any, where: str) -> Any:
             f"{where} has unknown keys {unknown}; "
             f"{cls.__name__} takes: {', '.join(sorted(fields))}."
         )
-    return cls(
-        **{key: _convert(hints[key], value, f"{where}.{key}") for key, value in data.items()}
-    )
+    converted = {key: _convert(hints[key], value, f"{where}.{key}") for key, value in data.items()}
+    return cls(**converted, **given)
 
 
 def from_plain(data: Any, source: str = "config") -> TrainingConfig:
@@ -94,4 +94,5 @@ def from_plain(data: Any, source: str = "config") -> TrainingConfig:
         if name not in registry:
             raise UserError(f"{source}: {registry.unknown_message(name)}")
         slots[slot] = _from_plain(registry.get(name), data.pop(slot, {}), f"{source}: {slot}")
-    return dataclasses.replace(_from_plain(TrainingConfig, data, source), **slots)
+    # The components go in with their selectors: TrainingConfig checks that they agree.
+    return _from_plain(TrainingConfig, data, source, **slots)

@@ -11,10 +11,12 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
+from toolbox.component import fixed_on_resume
 from toolbox.criteria import CRITERIA, CriterionConfig
 from toolbox.criteria.cross_entropy import CrossEntropy
 from toolbox.datasets import DATASETS, DatasetConfig
 from toolbox.datasets.digits import Digits
+from toolbox.errors import UserError
 from toolbox.metrics import METRICS
 from toolbox.models import MODELS, ModelConfig
 from toolbox.models.mlp import MLP
@@ -70,17 +72,17 @@ class TrainingConfig:
     --sweep KEY=V1,V2 (repeatable, e.g. --sweep optim.lr=0.1,0.01 --sweep seed=0,1) trains
     every combination into <output-dir>/<run-name>/ and writes summary.csv."""
 
-    arch: Annotated[str, _selector(MODELS)] = "mlp"
+    arch: Annotated[str, _selector(MODELS)] = fixed_on_resume("mlp")
     """Model architecture; its options are listed under --model.* (see --arch NAME --help)."""
-    dataset: Annotated[str, _selector(DATASETS)] = "digits"
+    dataset: Annotated[str, _selector(DATASETS)] = fixed_on_resume("digits")
     """Dataset; its options are listed under --data.*."""
-    optimizer: Annotated[str, _selector(OPTIMIZERS)] = "adamw"
+    optimizer: Annotated[str, _selector(OPTIMIZERS)] = fixed_on_resume("adamw")
     """Optimizer; its options are listed under --optim.*."""
-    scheduler: Annotated[str, _selector(SCHEDULERS)] = "cosine"
+    scheduler: Annotated[str, _selector(SCHEDULERS)] = fixed_on_resume("cosine")
     """Learning-rate schedule; its options are listed under --sched.*."""
-    criterion: Annotated[str, _selector(CRITERIA)] = "cross_entropy"
+    criterion: Annotated[str, _selector(CRITERIA)] = fixed_on_resume("cross_entropy")
     """Training loss; its options are listed under --loss.*."""
-    metrics: MetricNames = ("accuracy",)
+    metrics: MetricNames = fixed_on_resume(("accuracy",))
     """Metrics computed on every evaluation, over the whole split."""
 
     epochs: int = 20
@@ -94,11 +96,11 @@ class TrainingConfig:
     """Batches whose gradients are summed into one optimizer step."""
     clip_grad: float | None = None
     """Clip the gradients' global L2 norm to this value before each step (None: no clipping)."""
-    ema_decay: float | None = None
+    ema_decay: float | None = fixed_on_resume(None)
     """Evaluate, sample from and test an exponential moving average of the weights, updated
     after each optimizer step with this decay (e.g. 0.999, about the last 1000 steps; None:
     the trained weights)."""
-    seed: int = 0
+    seed: int = fixed_on_resume(0)
     """Seed of python, numpy and torch random number generators."""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps."""
@@ -116,7 +118,7 @@ class TrainingConfig:
     """Epochs between two TensorBoard histograms of the weights and gradients (0: never)."""
     log_every: int = 50
     """Optimizer steps between two progress updates of the loss (each costs one host sync)."""
-    monitor: str = "val_loss"
+    monitor: str = fixed_on_resume("val_loss")
     """Metric that picks model_best.pth.tar: val_loss or val_<metric> (min or max follows)."""
 
     checkpoint_every_steps: int = 0
@@ -144,9 +146,9 @@ class TrainingConfig:
     init_from: Path | None = None
     """Weights to start from (checkpoint or state_dict); keys of another shape are skipped."""
 
-    output_dir: Path = Path("outputs")
+    output_dir: Path = fixed_on_resume(Path("outputs"))
     """Directory that holds one sub-directory per run."""
-    run_name: str | None = None
+    run_name: str | None = fixed_on_resume(None)
     """Name of the run's directory (None: the start time as YYMMDD_HHMMSS)."""
     resume: Path | None = None
     """checkpoint.pth.tar of a run to continue; its config is restored, flags override it.
@@ -159,6 +161,10 @@ class TrainingConfig:
     sched: SchedulerConfig = field(default_factory=Cosine)
     loss: CriterionConfig = field(default_factory=CrossEntropy)
 
+    def __post_init__(self) -> None:
+        for slot in SLOTS:
+            _agree(self, slot)
+
     @property
     def monitor_mode(self) -> Literal["min", "max"]:
         """Whether a lower ("min") or higher ("max") value of the monitored metric is better."""
@@ -166,6 +172,52 @@ class TrainingConfig:
             return "min"
         metric = METRICS.get(self.monitor.removeprefix("val_"))
         return "max" if metric.higher_is_better else "min"
+
+
+def _agree(config: TrainingConfig, slot: str) -> None:
+    """Makes ``slot``'s selector and component name the same component, so that a run trains
+    what it records and its config.json loads back: a selector given alone (``arch="cnn"``)
+    gets its component at its defaults, a component given alone (``model=CNN()``) sets its
+    selector, and the model's ``default_metrics`` replace the default --metrics as
+    with_components does. A selector and a component that disagree are refused."""
+    selector, registry = SLOTS[slot]
+    name, component = getattr(config, selector), getattr(config, slot)
+    registered = vars(type(component)).get("registered_name")  # None: not itself registered
+    if registered == name and isinstance(component, registry.base):
+        return  # the usual case, decided without importing the registry's modules
+    defaults = {f.name: f for f in dataclasses.fields(TrainingConfig)}
+    name_given = name != defaults[selector].default
+    component_given = component != defaults[slot].default_factory()
+    known = (
+        registered is not None
+        and isinstance(component, registry.base)
+        and registered in registry
+        and registry.get(registered) is type(component)
+    )
+    if name_given and not component_given:
+        component = registry.get(name)()  # an unknown name fails here, listing the valid ones
+        object.__setattr__(config, slot, component)  # frozen: set once, while being made
+    elif not known:
+        raise UserError(
+            f"TrainingConfig: {slot} is a {type(component).__name__}, which is not a "
+            f"registered {registry.kind} ({registry.option} cannot name it, and its run's "
+            f"config.json would not load back); register its class, or give {selector} alone."
+        )
+    elif component_given and not name_given:
+        object.__setattr__(config, selector, registered)
+    else:
+        raise UserError(
+            f"TrainingConfig: {selector} is {name!r} but {slot} is a "
+            f"{type(component).__name__} ({registry.option} {registered}); give {selector} "
+            f"alone (its {registry.kind} with default options), {slot} alone, or both naming "
+            "the same one."
+        )
+    if (
+        slot == "model"
+        and component.default_metrics is not None
+        and config.metrics == defaults["metrics"].default
+    ):
+        object.__setattr__(config, "metrics", component.default_metrics)
 
 
 def with_components(config: TrainingConfig, **names: str) -> TrainingConfig:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from toolbox.component import Component
+from toolbox.component import Component, free_on_resume
 from toolbox.registry import Registry
 
 if TYPE_CHECKING:
@@ -71,14 +71,15 @@ class DatasetSplits:
 @dataclass(frozen=True)
 class DatasetConfig(Component):
     option_prefix = "--data."
+    options_on_resume = "fixed"  # which samples a run sees; where and how they are read is free
 
     val_fraction: float = 0.1
     """Fraction of the training data held out for validation, in [0, 1)."""
     split_seed: int = 0
     """Seed of the fixed permutation that splits off validation (and test) data."""
-    loader: Literal["memory", "dataloader"] = "memory"
+    loader: Literal["memory", "dataloader"] = free_on_resume("memory")
     """memory: batches sliced from tensors on the device; dataloader: --num-workers workers."""
-    placement: Literal["auto", "device", "pinned"] = "auto"
+    placement: Literal["auto", "device", "pinned"] = free_on_resume("auto")
     """Where memory loading keeps the data: device, or pinned host memory (auto: device if it
     fits in half the free device memory)."""
     augment: Literal["none", "crop", "crop_flip"] = "none"
@@ -136,11 +137,11 @@ class DatasetConfig(Component):
 class FileDatasetConfig(DatasetConfig):
     """A dataset read from files under ``root``, fetched by torchvision's download code."""
 
-    root: str = "data"
+    root: str = free_on_resume("data")
     """Directory that holds the dataset's folder (created on download)."""
-    download: bool = True
+    download: bool = free_on_resume(True)
     """Download the files when they are missing (needs network access)."""
-    cache: bool = True
+    cache: bool = free_on_resume(True)
     """Keep the decoded tensors in a .pt beside the files (~/.cache/toolbox if read-only)."""
 
 

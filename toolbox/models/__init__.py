@@ -24,9 +24,8 @@ class ModelConfig(Component):
     --criterion is not used."""
     default_metrics: ClassVar[tuple[str, ...] | None] = None
     """--metrics of a run that picks this model (None: the usual default)."""
-    weightless_options: ClassVar[tuple[str, ...]] = ()
-    """Fields that change no weight, such as a sampler's: they may change when the run is
-    resumed, and test.py --model.* overrides them."""
+    options_on_resume = "fixed"  # a model's options shape its weights; those that change no
+    # weight, such as a sampler's, are marked free_on_resume: test.py --model.* overrides them
 
     def build(self, info: DatasetInfo) -> nn.Module:
         """The model for inputs of ``info.input_shape`` and ``info.num_outputs`` outputs."""

@@ -4,6 +4,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from toolbox.component import free_on_resume
 from toolbox.errors import UserError
 from toolbox.models import ModelConfig, register_model
 
@@ -19,7 +20,6 @@ class DDPMConfig(ModelConfig):
 
     own_steps = True
     default_metrics = ()  # its evaluation scores the denoising loss; no predictions
-    weightless_options = ("sampler", "sample_steps", "ddim_eta", "num_samples")
 
     base_channels: int = 32
     """Channels of the U-Net's full-resolution level (doubled below it); a multiple of 8."""
@@ -29,13 +29,13 @@ class DDPMConfig(ModelConfig):
     """Number of noising steps T of the diffusion process."""
     beta_schedule: Literal["linear", "cosine"] = "linear"
     """Noise schedule: linear (Ho et al., 1e-4 to 0.02 at T = 1000) or cosine (Nichol et al.)."""
-    sampler: Literal["ddpm", "ddim"] = "ddim"
+    sampler: Literal["ddpm", "ddim"] = free_on_resume("ddim")
     """Sampler of the grids: ddpm (ancestral) or ddim (Song et al.; see --model.ddim-eta)."""
-    sample_steps: int = 50
+    sample_steps: int = free_on_resume(50)
     """Denoising steps per sample, evenly spaced over the T timesteps; in 1..--model.timesteps."""
-    ddim_eta: float = 0.0
+    ddim_eta: float = free_on_resume(0.0)
     """Noise of the ddim sampler, in [0, 1]: 0 deterministic, 1 the variance of ddpm."""
-    num_samples: int = 64
+    num_samples: int = free_on_resume(64)
     """Samples in the grid that each evaluation draws, 8 per row."""
     pixel_range: tuple[float, float] | None = None
     """Stored values of black and white, to which samples are clipped (None: the dataset's, e.g.
