@@ -157,6 +157,125 @@ def test_atomic_writes_respect_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "checkpoint.pth.tar").stat().st_mode) == plain
 
 
+def test_one_atomic_write_serves_every_file_and_is_durable(tmp_path, monkeypatch):
+    from toolbox.data import atomic as data_atomic
+    from toolbox.data import cache
+    from toolbox.records import atomic, curves, metrics_table, run_record, tensorboard
+
+    # Every writer of the toolbox uses the one function (the records through records.atomic).
+    assert atomic.write_atomically is data_atomic.write_atomically
+    for module in (toolbox.records.checkpoint, cache, curves, tensorboard):
+        assert module.write_atomically is data_atomic.write_atomically
+    assert metrics_table.write_text is run_record.write_text is data_atomic.write_text
+    assert run_record.write_json is data_atomic.write_json
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor):
+        synced.append(os.fstat(descriptor).st_mode)
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    umask = os.umask(0o027)
+    try:
+        atomic.write_json(tmp_path / "run.json", {"a": [1, 2]})
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "run.json").read_text() == '{\n  "a": [\n    1,\n    2\n  ]\n}\n'
+    mode = stat.S_IMODE((tmp_path / "run.json").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == 0o640
+    # The file's bytes, then the directory's entry: both reach the disk.
+    assert [stat.S_ISREG(mode) for mode in synced] == [True, False]
+    assert stat.S_ISDIR(synced[1])
+
+
+@pytest.mark.parametrize("by_path", [False, True], ids=["file", "path"])
+@pytest.mark.parametrize("failure", [OSError("disk full"), KeyboardInterrupt()])
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path, failure, by_path):
+    from toolbox.records.atomic import write_atomically
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("old\n")
+
+    def write(target):
+        if by_path:
+            Path(target).write_bytes(b"half of the new")
+        else:
+            target.write(b"half of the new")
+        raise failure
+
+    with pytest.raises(type(failure)):
+        write_atomically(path, write, by_path=by_path)
+    assert path.read_text() == "old\n"
+    assert [entry.name for entry in tmp_path.iterdir()] == ["metrics.csv"]
+
+
+def test_an_atomic_write_by_path_is_synced_and_respects_the_umask(tmp_path, monkeypatch):
+    from toolbox.records.atomic import write_atomically
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor):
+        synced.append(stat.S_ISREG(os.fstat(descriptor).st_mode))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "toolbox-mnist-0123.pt"
+        write_atomically(
+            path, lambda temporary: torch.save({"x": torch.ones(3)}, temporary), by_path=True
+        )
+    finally:
+        os.umask(umask)
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert synced == [True, False]  # the file, then its directory
+    assert [entry.name for entry in tmp_path.iterdir()] == [path.name]
+
+
+def test_stale_temporaries_of_every_record_are_removed_and_nothing_else(tmp_path):
+    from toolbox.records.atomic import temporary_path
+
+    ours = [temporary_path(tmp_path / name) for name in ("run.json", "metrics.csv", "curves.png")]
+    ours.append(temporary_path(tmp_path / "checkpoint_e3.pth.tar"))  # keep_copy's link
+    older = [".checkpoint.pth.tar.k3j_d8x", ".checkpoint_e2.pth.tar.link"]
+    older.append(".curves.png.4242.0a1b2c3d.tmp")
+    assert len({path.name for path in ours}) == 4
+    for path in [*ours, *(tmp_path / name for name in older)]:
+        path.write_text("torn")
+    keep = {"run.json", ".config.json.tmp", ".run.json.0123456789abcdef", "notes.tmp"}
+    keep |= {".x.0123456789abcdeg.tmp"}  # not hexadecimal
+    for name in keep:
+        (tmp_path / name).write_text("keep me")
+    (tmp_path / temporary_path(tmp_path / "dir").name).mkdir()  # a directory is left alone
+    removed = {path.name for path in remove_stale_temporaries(tmp_path)}
+    assert removed == {path.name for path in ours} | set(older)
+    assert {entry.name for entry in tmp_path.iterdir() if entry.is_file()} == keep
+
+
+def test_the_atomic_write_and_the_background_drawer_import_no_torch():
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    check = (
+        "import sys\n"
+        "import toolbox.data.atomic, toolbox.records.atomic, toolbox.records.background\n"
+        "import toolbox.records.curves, toolbox.records.durations\n"
+        "print(','.join(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", result.stdout
+
+
 # --- 2. weights_only loading refuses pickled code ----------------------------------------------
 
 
@@ -447,7 +566,7 @@ def test_full_disk_stops_training_and_keeps_the_last_checkpoint(
         refused.append(file.name)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(toolbox.records.checkpoint.torch, "save", save_until_full)
+    monkeypatch.setattr(torch, "save", save_until_full)
     assert train(*TINY, "--epochs", "3", "--run-name", "full") == 2
     err = flat(capsys.readouterr().err)
     run_dir = tmp_path / "outputs" / "full"

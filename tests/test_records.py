@@ -141,11 +141,103 @@ def test_plotter_redraws_when_due_or_forced_and_never_raises(long_csv, tmp_path)
     [("accuracy", True), ("top5", True), ("mae", False), ("rmse", False), ("loss", False)],
 )
 def test_best_point_follows_the_metric_direction(metric, higher):
-    assert curves._higher_is_better(metric, None) is higher
-    assert curves._higher_is_better(metric, {metric: not higher}) is (not higher)
+    # The metrics registry's higher_is_better (and the loss, which training minimises).
+    assert curves.metric_directions()[metric] is higher
+    assert curves.metric_directions({metric: not higher})[metric] is (not higher)
     values = [0.5, math.nan, 0.9, 0.1, 0.9]
     assert curves._best_index(values, higher) == (2 if higher else 3)
     assert curves._best_index([math.nan, math.inf], higher) is None
+
+
+def test_metric_directions_come_from_the_registry_alone():
+    from toolbox.metrics import METRICS
+
+    directions = curves.metric_directions()
+    assert set(directions) == {*METRICS.names(), "loss"}
+    for name in METRICS.names():
+        assert directions[name] is METRICS.get(name).higher_is_better
+    # A name the registry does not know is not guessed at: its best point is not marked.
+    assert "val_error_rate" not in directions and "mse" not in directions
+    assert curves._best_index([0.5, 0.1, 0.9], None) is None
+
+
+def test_curves_of_a_metric_of_unknown_direction_draw_it_without_a_best_point(tmp_path):
+    csv = write_csv(
+        tmp_path / "metrics.csv",
+        "epoch,step,lr,train_loss,val_loss,val_error_rate,elapsed_s",
+        ["1,9,0.001,2.2,2.1,0.31,1.5", "2,18,0.001,2.0,1.9,0.21,3.0"],
+    )
+    assert curves.write_curves(csv, tmp_path / curves.CURVES)
+    assert check_png(tmp_path / curves.CURVES) == (600, 2070)
+
+
+def test_plotter_skips_a_redraw_of_an_unchanged_table(long_csv, tmp_path):
+    png = tmp_path / "curves.png"
+    plotter = curves.CurvesPlotter(long_csv, png, min_interval_s=0)
+    assert plotter.update(force=True) and plotter.finish()
+    drawn = png.stat().st_mtime_ns
+    assert not plotter.update(force=True)  # the same table: the picture is current
+    assert png.stat().st_mtime_ns == drawn and plotter.finish()
+    with open(long_csv, "a") as file:
+        file.write("31,1550,0.0,0.02,0.21,0.99,0.99,77.5\n")
+    assert plotter.update(force=True) and png.stat().st_mtime_ns != drawn
+    png.unlink()
+    assert plotter.update(force=True) and png.exists()  # a deleted picture is drawn again
+
+
+def test_background_plotter_draws_in_a_child_process(long_csv, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    def here(*args, **kwargs):
+        raise AssertionError("drawn in the trainer's process")
+
+    png = tmp_path / "curves.png"
+    assert curves.start_drawer() and curves.start_drawer()  # started once, then running
+    plotter = curves.CurvesPlotter(long_csv, png, min_interval_s=3600, background=True)
+    monkeypatch.setattr(Figure, "savefig", here)
+    assert not plotter.update()  # not due yet
+    assert plotter.update(force=True)  # sent
+    assert plotter.finish()
+    assert check_png(png) == (600, 2070)
+    assert names(tmp_path) == {"metrics.csv", "curves.png"}  # no temporary left
+    assert not plotter.update(force=True) and plotter.finish()  # nothing new to draw
+
+
+def test_background_plotter_logs_a_failure_once(tmp_path):
+    import logging
+
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("toolbox")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        png = tmp_path / "curves.png"
+        broken = curves.CurvesPlotter(tmp_path / "missing.csv", png, background=True)
+        assert broken.update(force=True) and not broken.finish()
+        assert broken.update(force=True) and not broken.finish()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert len(lines) == 1 and "could not draw" in lines[0] and "missing.csv" in lines[0]
+    assert names(tmp_path) == set()
+
+
+def test_background_plotter_draws_here_when_its_drawer_dies(long_csv, tmp_path):
+    from toolbox.records import background
+
+    png = tmp_path / "curves.png"
+    plotter = curves.CurvesPlotter(long_csv, png, background=True)
+    drawer = background.worker(curves.__name__)
+    drawer.process.kill()
+    drawer.process.wait()
+    plotter.update(force=True)  # sent to a dead process, or found it dead
+    assert plotter.finish(timeout=30)
+    assert check_png(png) == (600, 2070)
+    assert curves.start_drawer()  # a new one starts for the next plotter
+    assert background.worker(curves.__name__) is not drawer
 
 
 # --- TensorBoard ---------------------------------------------------------------------------
@@ -413,3 +505,52 @@ def test_a_resume_sets_a_damaged_metrics_table_aside_and_keeps_its_readable_rows
     assert epochs_and_steps(table) == [*readable, ("3", "27")]
     log = (run_dir / "training.log").read_text()
     assert "metrics.csv was damaged (line " in log and f"kept it as {aside.name}" in log
+
+
+# --- One duration format, the sample grid without torchvision, env.json's versions ------------
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [
+        (0, "0.0s"),
+        (1.26, "1.3s"),
+        (59.94, "59.9s"),
+        (59.96, "1m 00s"),
+        (125, "2m 05s"),
+        (3599.4, "59m 59s"),
+        (3600, "1h 00m"),
+        (7265, "2h 01m"),
+        (-2, "0.0s"),
+        (math.nan, "?"),
+        (math.inf, "?"),
+    ],
+)
+def test_one_duration_format_for_the_log_the_display_and_the_curves(seconds, text):
+    from toolbox.records.durations import format_duration
+    from toolbox.training import display
+
+    assert format_duration(seconds) == text
+    assert display.format_duration is format_duration is curves.format_duration
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 8, 8), (10, 1, 32, 32), (64, 3, 5, 7), (9, 3, 4, 4)])
+def test_the_sample_grid_is_laid_out_as_torchvisions_make_grid(shape):
+    from torchvision.utils import make_grid
+
+    images = torch.rand(shape)
+    expected = make_grid(images, nrow=8, padding=2, pad_value=1.0)
+    assert torch.equal(tensorboard._grid(images, columns=8, padding=2, pad_value=1.0), expected)
+
+
+def test_env_json_names_torchvisions_version_without_importing_it(monkeypatch):
+    import sys
+
+    import torchvision
+
+    from toolbox.records import environment
+
+    monkeypatch.delitem(sys.modules, "torchvision")
+    assert environment._version("torchvision") == torchvision.__version__
+    assert "torchvision" not in sys.modules
+    assert environment._version("no_such_package_here") is None

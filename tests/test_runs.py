@@ -89,6 +89,30 @@ def test_uncommitted_code_is_saved_as_a_diff(tmp_path, monkeypatch):
     assert "+a = 2" in (run_dir / "code.diff").read_text()
 
 
+def test_git_state_reads_commit_branch_and_changes_from_one_status(tmp_path, monkeypatch):
+    from toolbox.records.run_record import git_state
+
+    source = dirty_repo(tmp_path, monkeypatch)
+    repo = source.parent.parent
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+        return result.stdout.strip()
+
+    commit, branch = git("rev-parse", "HEAD"), git("rev-parse", "--abbrev-ref", "HEAD")
+    assert git_state(source.parent) == {"commit": commit, "branch": branch, "dirty": True}
+    _git(repo, "checkout", "-q", "--", ".")
+    assert git_state(source.parent) == {"commit": commit, "branch": branch, "dirty": False}
+    (repo / "notes.txt").write_text("untracked\n")
+    assert git_state(source.parent)["dirty"] is True
+    _git(repo, "checkout", "-q", "--detach")
+    assert git_state(source.parent)["branch"] == "HEAD"  # as rev-parse --abbrev-ref names it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _git(empty, "init", "-q")  # a checkout without a commit
+    assert git_state(empty) == {"commit": None, "branch": None, "dirty": None}
+
+
 def test_outside_git_the_source_files_are_hashed(tmp_path, monkeypatch):
     from toolbox.config.training import TrainingConfig
 

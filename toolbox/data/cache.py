@@ -14,12 +14,13 @@ import json
 import logging
 import os
 import stat
-import uuid
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+
+from toolbox.data.atomic import write_atomically
 
 # Bump when the decoded layout changes, so old caches are not read as new ones.
 # 2: the tensors are stored with the cache's format, name and checksums.
@@ -135,15 +136,10 @@ def _write(dataset: str, path: Path, decoded: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f"toolbox-{dataset}-*.pt"):
         stale.unlink()
-    # A name of its own, so that processes decoding at once (torchrun's ranks) do not
-    # write into one file.
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    finally:
-        # Only a failed write leaves it (a full disk: torch.save raises a RuntimeError).
-        temporary.unlink(missing_ok=True)
+    # A temporary of its own, so that processes decoding at once (torchrun's ranks) do not
+    # write into one file; a failed write (a full disk: torch.save raises a RuntimeError)
+    # leaves none behind.
+    write_atomically(path, lambda temporary: torch.save(payload, temporary), by_path=True)
 
 
 def load_or_decode(

@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from toolbox.errors import UserError
+from toolbox.records.atomic import fsync_directory, is_temporary, temporary_path, write_atomically
 from toolbox.records.layout import BEST, LAST, PER_EPOCH, per_epoch_name  # noqa: F401 - public here too
+
+if TYPE_CHECKING:  # torch is imported where it is used: the run listing reads no checkpoint
+    import torch
 
 # The marker of toolbox checkpoints: this module's name when the format was made, kept so that
 # every checkpoint ever written still loads.
@@ -24,45 +25,25 @@ COMPILED_PREFIX = "_orig_mod."
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` so that a crash at any moment leaves either the old file or
-    the new one, never a torn one: temporary file in the same directory, fsync, rename."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        # mkstemp makes the file private (0600); give it the mode any other file would get.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(handle, 0o666 & ~umask)
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    the new one, never a torn one (``toolbox.records.atomic.write_atomically``)."""
+    import torch
+
+    write_atomically(path, lambda file: torch.save(state, file))
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename durable: without this a power cut can undo it after we reported it."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # some platforms cannot open directories; the rename is still atomic
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+# What older versions named their temporaries: checkpoints (``.NAME.pth.tar.XXXXXXXX`` of
+# mkstemp, ``.NAME.pth.tar.link``) and curves.png being drawn (``.curves.png.PID.HEX.tmp``).
+_OLDER_TEMPORARIES = (".*.pth.tar.*", ".*.png.*.tmp")
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete temporary files a killed process left behind (``.NAME.XXXX``)."""
-    patterns = (".*.pth.tar.*", ".*.png.*.tmp")  # checkpoints, and curves.png being drawn
-    stale = [
-        path for pattern in patterns for path in Path(directory).glob(pattern) if path.is_file()
-    ]
+    """Delete the temporary files that writes killed midway left behind: those of
+    ``write_atomically`` (``.NAME.<16 hex>.tmp``), and those of older versions. Call it
+    only while holding the run's lock: no live write is then under way."""
+    directory = Path(directory)
+    stale = {path for path in directory.glob(".*") if is_temporary(path.name)}
+    stale.update(path for pattern in _OLDER_TEMPORARIES for path in directory.glob(pattern))
+    stale = sorted(path for path in stale if path.is_file())
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
@@ -72,13 +53,19 @@ def keep_copy(directory: Path, source: str, name: str) -> None:
     """``directory/name`` becomes a copy of ``directory/source``: a hard link when the file
     system has them (instant, and later replacements of ``source`` do not touch it)."""
     target = Path(directory) / name
-    temporary = target.with_name(f".{name}.link")
-    temporary.unlink(missing_ok=True)
+    temporary = temporary_path(target)
     try:
         os.link(Path(directory) / source, temporary)
-    except OSError:
-        shutil.copyfile(Path(directory) / source, temporary)
-    os.replace(temporary, target)
+    except OSError:  # no hard links on this file system: a copy, written as any other file
+        with open(Path(directory) / source, "rb") as original:
+            write_atomically(target, lambda file: shutil.copyfileobj(original, file, 1 << 20))
+        return
+    try:
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_directory(directory)
 
 
 def prune_per_epoch(directory: Path, keep_last: int, keypoints: tuple[int, ...]) -> list[Path]:
@@ -101,6 +88,8 @@ REQUIRED_KEYS = ("config", "model", "optimizer", "scheduler", "scaler", "loader"
 def _read(path: Path, what: str, map_location: str | torch.device) -> Any:
     """``torch.load(path, weights_only=True)``: no code in the file runs; any failure to read
     it becomes one message naming the file."""
+    import torch
+
     if path.is_dir():
         raise UserError(
             f"{what} {path} is a directory; give a checkpoint file such as {path / LAST}."
@@ -162,6 +151,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """The model weights in ``path``: a toolbox checkpoint or a plain saved state_dict."""
+    import torch
+
     path = Path(path)
     state = _read(path, "--init-from", "cpu")
     if isinstance(state, dict) and state.get("format") == FORMAT:
@@ -226,6 +217,8 @@ def newest_finite(run_dir: Path) -> Path | None:
     """The newest checkpoint in ``run_dir`` whose weights (and their average) are all finite,
     for the message of a diverged run; None if there is none. The trainer never writes
     non-finite weights, but a checkpoint of an older version may hold them."""
+    import torch
+
     candidates = [Path(run_dir) / name for name in (LAST, BEST)]
     candidates += [path for path in Path(run_dir).glob("checkpoint_e*.pth.tar")]
     existing = [path for path in candidates if path.is_file()]

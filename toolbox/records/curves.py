@@ -1,28 +1,33 @@
-"""``curves.png``, drawn from ``metrics.csv`` (matplotlib imported inside the functions)."""
+"""``curves.png``, drawn from ``metrics.csv`` (matplotlib imported inside the functions), in
+this process or, for a trainer, in a child process (``toolbox.records.background``)."""
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
-import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
 
+from toolbox.records.atomic import write_atomically
+from toolbox.records.background import worker as background_worker
+from toolbox.records.durations import format_duration
 from toolbox.records.layout import CURVES  # noqa: F401 - the file this module draws
-
-if TYPE_CHECKING:
-    pass
-
 
 FIRST_DRAW_S = 1.5
 
 
-# Metrics for which a lower value is better; any other name (accuracy, top5, ...) is taken
-# as higher-is-better unless ``higher_is_better`` says otherwise.
-_LOWER_IS_BETTER = ("loss", "mae", "mse", "rmse", "error", "err", "nll", "perplexity", "ece")
+def metric_directions(overrides: Mapping[str, bool] | None = None) -> dict[str, bool]:
+    """Whether a higher value is better, per metric name: every metric of the metrics
+    registry (its ``higher_is_better``), ``loss`` (the criterion's value, which training
+    minimises) as lower-is-better, and ``overrides`` over them. Nothing is guessed from a
+    name: a metric the registry does not know gets no best point."""
+    from toolbox.metrics import METRICS
+
+    directions = {name: bool(METRICS.get(name).higher_is_better) for name in METRICS.names()}
+    return {**directions, "loss": False, **(overrides or {})}
 
 
 def _read_columns(metrics_csv: Path) -> dict[str, list[float]]:
@@ -39,16 +44,10 @@ def _read_columns(metrics_csv: Path) -> dict[str, list[float]]:
     return columns
 
 
-def _higher_is_better(metric: str, overrides: Mapping[str, bool] | None) -> bool:
-    if overrides and metric in overrides:
-        return bool(overrides[metric])
-    name = metric.lower()
-    return not any(name == word or name.endswith(f"_{word}") for word in _LOWER_IS_BETTER)
-
-
-def _best_index(values: Sequence[float], higher: bool) -> int | None:
+def _best_index(values: Sequence[float], higher: bool | None) -> int | None:
+    """The index of the best finite value; None without one, or without a direction."""
     finite = [(value, i) for i, value in enumerate(values) if math.isfinite(value)]
-    if not finite:
+    if not finite or higher is None:
         return None
     # The first epoch reaching the best value, as the trainer's model_best.pth.tar.
     best = max(finite, key=lambda item: (item[0], -item[1])) if higher else min(finite)
@@ -63,15 +62,6 @@ def _wants_log_scale(values: Sequence[float], decades: float = 2.0) -> bool:
     return math.log10(max(finite) / min(finite)) > decades
 
 
-def _format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
-
-
 def write_curves(
     metrics_csv: Path | str,
     png: Path | str,
@@ -83,9 +73,10 @@ def write_curves(
 
     Panels, all against the epoch: the train and validation loss (log scale when they span
     more than two decades; the best validation loss starred); every ``val_<metric>`` column
-    (one line each, its best point starred: lower is better for loss/mae/mse/rmse-like
-    names, higher otherwise, or as ``higher_is_better`` maps the metric name, e.g.
-    ``{"accuracy": True}``); the learning rate. The figure's title is ``title`` (default:
+    (one line each, its best point starred where its direction is known: as
+    ``metric_directions(higher_is_better)`` says, i.e. the metrics registry, or
+    ``higher_is_better`` where it maps the metric name, e.g. ``{"accuracy": True}``); the
+    learning rate. The figure's title is ``title`` (default:
     the name of the csv's folder, i.e. the run), the last epoch and ``elapsed_s``.
 
     NaN or empty cells leave gaps; one row draws single points. The image is drawn to a
@@ -97,6 +88,7 @@ def write_curves(
     from matplotlib.ticker import MaxNLocator
 
     metrics_csv, png = Path(metrics_csv), Path(png)
+    directions = metric_directions(higher_is_better)
     columns = _read_columns(metrics_csv)
     epochs = columns.get("epoch", [])
     if not epochs:
@@ -154,8 +146,7 @@ def write_curves(
         metric_axis = axes[1]
         for index, metric in enumerate(metric_names):
             values = columns[f"val_{metric}"]
-            higher = _higher_is_better(metric, higher_is_better)
-            best = _best_index(values, higher)
+            best = _best_index(values, directions.get(metric))
             label = metric
             if best is not None:
                 label += f" (best {values[best]:.4g} @ {epochs[best]:g})"
@@ -191,29 +182,42 @@ def write_curves(
         heading.append(f"epoch {max(finite_epochs):g}")
     elapsed = [value for value in columns.get("elapsed_s", []) if math.isfinite(value)]
     if elapsed:
-        heading.append(_format_duration(elapsed[-1]))
+        heading.append(format_duration(elapsed[-1]))
     figure.suptitle("  \u00b7  ".join(heading))
 
     png.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(
+    write_atomically(
         png,
         lambda file: figure.savefig(file, format="png", dpi=150, pil_kwargs={"compress_level": 1}),
     )
     return True
 
 
-def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """``write(file)`` into a temporary beside ``path``, then renamed over it: a reader
-    never sees half a file."""
-    # A unique temporary name: two writers never share one; the rename is atomic.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+def warm_up() -> None:
+    """Import matplotlib and draw a small figure, so that the next drawing costs no more than
+    any later one (the background worker calls it when it starts)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator  # noqa: F401 - imported for write_curves
+
+    figure = Figure(figsize=(2, 1), dpi=50)
+    FigureCanvasAgg(figure)
+    axis = figure.subplots()
+    axis.plot([1, 2], [1, 0.5], marker="*", label="x")
+    axis.legend(fontsize="small")
+    figure.suptitle("warm-up")
+    figure.savefig(io.BytesIO(), format="png", pil_kwargs={"compress_level": 1})
+    metric_directions()  # and the registry, which write_curves reads
+
+
+def start_drawer() -> bool:
+    """Start this process's background drawer now, if it is not running: the child process
+    that ``CurvesPlotter(background=True)`` sends its drawings to. Call it as early as
+    possible (before the data and the model are built), so that it imports matplotlib while
+    they are. True when it runs; it never raises (without it, plotters draw in-process)."""
+    return background_worker(__name__) is not None
 
 
 class CurvesPlotter:
@@ -221,9 +225,15 @@ class CurvesPlotter:
 
     ``update()`` after each evaluation redraws when at least ``min_interval_s`` have passed
     since the plotter was made or last drew, and drawing has cost at most ``max_share`` of
-    the time between drawings; ``update(force=True)`` (the last evaluation) always draws.
-    A failure is logged once on the ``toolbox`` logger and never raised: a picture must
-    not stop a run.
+    the time between drawings; ``update(force=True)`` (the last evaluation) always draws,
+    unless ``metrics.csv`` is unchanged since the last drawing (which is then current). A
+    failure is logged once on the ``toolbox`` logger and never raised: a picture must not
+    stop a run.
+
+    ``background=True`` draws in a child process (see ``start_drawer``): ``update`` then
+    only sends the request (True: one was sent), and ``finish()`` waits for the drawings
+    sent. Where no child process can run (or it died), the plotter draws in-process. A
+    metric's best point follows ``metric_directions(higher_is_better)``, the registry's.
     """
 
     def __init__(
@@ -235,36 +245,106 @@ class CurvesPlotter:
         higher_is_better: Mapping[str, bool] | None = None,
         min_interval_s: float = 10.0,
         max_share: float = 0.05,
+        background: bool = False,
     ) -> None:
         self.metrics_csv, self.png = Path(metrics_csv), Path(png)
-        self.title, self.higher_is_better = title, higher_is_better
+        # Resolved here, whole: the child process then never reads the registry.
+        self.title, self.directions = title, metric_directions(higher_is_better)
         self.min_interval_s, self.max_share = min_interval_s, max_share
         self.last_drawn = time.perf_counter()
         # Until a draw is measured, assume the first one's cost: it imports matplotlib
         # (about 1.2 s here), so a run's first redraw waits until that is under max_share.
         self.cost_s = FIRST_DRAW_S
         self.failed = False
+        self.current = False
+        """Whether the last drawing finished wrote ``png``."""
+        self._worker = background_worker(__name__) if background else None
+        self._pending: list[int] = []
+        self._drawn: tuple[int, int, int] | None = None  # metrics.csv when last drawn
+        self._lost = False  # a drawing was sent to a drawer that died
 
     def update(self, force: bool = False) -> bool:
-        """Redraw if it is time (or ``force``); True when ``png`` was written."""
+        """Redraw if it is time (or ``force``); True when ``png`` was written (or, in the
+        background, a drawing of it requested)."""
+        self._collect()
         started = time.perf_counter()
         wait = max(self.min_interval_s, self.cost_s / self.max_share)
         if not force and started - self.last_drawn < wait:
             return False
+        state = self._csv_state()
+        if state is not None and state == self._drawn and (self._pending or self.png.exists()):
+            return False  # drawn from this very table already
+        if self._worker is not None:
+            if self._pending and not force:
+                return False  # the last one is still being drawn
+            number = self._worker.submit(
+                "write_curves",
+                metrics_csv=str(self.metrics_csv),
+                png=str(self.png),
+                title=self.title,
+                higher_is_better=self.directions,
+            )
+            if number is not None:
+                self._pending.append(number)
+                self._drawn, self.last_drawn = state, started
+                return True
+            self._worker = None  # its process is gone: draw here from now on
         try:
             written = write_curves(
-                self.metrics_csv,
-                self.png,
-                title=self.title,
-                higher_is_better=self.higher_is_better,
+                self.metrics_csv, self.png, title=self.title, higher_is_better=self.directions
             )
         except Exception as error:  # reported once, never fatal
-            if not self.failed:
-                import logging
-
-                logging.getLogger("toolbox").info("could not draw %s: %s", self.png, error)
-            self.failed = True
+            self._failed(str(error))
             return False
         self.last_drawn = time.perf_counter()
         self.cost_s = self.last_drawn - started
+        self._drawn, self.current = (state if written else None), written
         return written
+
+    def finish(self, timeout: float = 60.0) -> bool:
+        """Wait (up to ``timeout`` seconds) for the drawings requested in the background;
+        True when ``png`` is then as the last drawing left it, written. Call it before the
+        run ends; without ``background`` it returns at once."""
+        self._collect(timeout)
+        if self._pending:
+            logging.getLogger("toolbox").info(
+                "%s is still being drawn after %.0f s; it will be complete shortly",
+                self.png,
+                timeout,
+            )
+            return False
+        if self._lost:  # the drawer died before answering: draw here
+            self._lost = False
+            self.update(force=True)
+        return self.current
+
+    def _collect(self, timeout: float = 0.0) -> None:
+        """Take the answers that have come (waiting up to ``timeout`` for all of them)."""
+        deadline = time.perf_counter() + timeout
+        while self._pending and self._worker is not None:
+            answer = self._worker.answer(self._pending[0], max(deadline - time.perf_counter(), 0))
+            if answer is None:
+                if not self._worker.alive:  # it died: what it was sent is drawn here
+                    self._pending.clear()
+                    self._worker, self._drawn, self._lost = None, None, True
+                return
+            self._pending.pop(0)
+            self.cost_s = float(answer.get("seconds", self.cost_s))
+            if "error" in answer:
+                self._failed(answer["error"])
+            else:
+                self.current = bool(answer.get("result"))
+                if not self.current:
+                    self._drawn = None
+
+    def _failed(self, error: str) -> None:
+        if not self.failed:
+            logging.getLogger("toolbox").info("could not draw %s: %s", self.png, error)
+        self.failed, self.current, self._drawn = True, False, None
+
+    def _csv_state(self) -> tuple[int, int, int] | None:
+        try:
+            status = os.stat(self.metrics_csv)
+        except OSError:
+            return None
+        return status.st_ino, status.st_size, status.st_mtime_ns

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import platform
+import re
 import socket
 import sys
 from datetime import datetime
@@ -14,9 +17,29 @@ import toolbox
 from toolbox.records.run_record import git_state
 
 
-def environment(device: torch.device) -> dict:
-    import torchvision
+def _version(package: str) -> str | None:
+    """``package.__version__``, without importing the package (torchvision takes a second or
+    more to import, and a run on a toolbox dataset may have no other use for it): from the
+    module when imported already, else read from its ``version.py``."""
+    module = sys.modules.get(package)
+    if module is not None:
+        return getattr(module, "__version__", None)
+    try:
+        spec = importlib.util.find_spec(package)
+        folder = Path(spec.submodule_search_locations[0])
+        text = (folder / "version.py").read_text(encoding="utf-8")
+    except (AttributeError, ImportError, IndexError, OSError, TypeError, ValueError):
+        text = ""
+    found = re.search(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", text, re.MULTILINE)
+    if found:
+        return found.group(1)
+    try:  # the distribution's version, without a local label such as "+cu132"
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
+
+def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name(device)
     else:
@@ -24,7 +47,7 @@ def environment(device: torch.device) -> dict:
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": _version("torchvision"),
         "toolbox": toolbox.__version__,
         "cuda": torch.version.cuda,
         "device": str(device),

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from toolbox.errors import UserError
-from toolbox.records.atomic import write_text_atomic
+from toolbox.records.atomic import write_text
 from toolbox.records.lock import move_aside
 
 
@@ -100,7 +100,7 @@ class MetricsTable:
         table = io.StringIO()
         if header is not None:  # without one, append starts the table afresh
             csv.writer(table).writerows([header, *kept])
-        write_text_atomic(self.path, table.getvalue())
+        write_text(self.path, table.getvalue())
 
     def append(self, row: dict) -> None:
         new = not self.path.exists() or self.path.stat().st_size == 0

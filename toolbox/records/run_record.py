@@ -14,12 +14,10 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-import torch
-
 import toolbox
 from toolbox.config.training import TrainingConfig
 from toolbox.errors import UserError
-from toolbox.records.atomic import write_json
+from toolbox.records.atomic import write_json, write_text
 from toolbox.records.layout import RECORD
 from toolbox.records.lock import move_aside
 
@@ -35,16 +33,21 @@ def _git(directory: Path, *args: str) -> str | None:
 
 
 def git_state(directory: Path) -> dict[str, str | bool | None]:
-    """The commit and branch the toolbox code was at, and whether it had changes."""
-    commit = _git(directory, "rev-parse", "HEAD")
-    if commit is None:
+    """The commit and branch the toolbox code was at, and whether it had changes (untracked
+    files included), from one ``git status`` call."""
+    status = _git(directory, "status", "--porcelain=v2", "--branch")
+    headers = dict(
+        line[2:].partition(" ")[::2] for line in (status or "").splitlines() if line[:2] == "# "
+    )
+    commit = headers.get("branch.oid")
+    if status is None or commit in (None, "(initial)"):  # no git, no checkout, no commit
         return {"commit": None, "branch": None, "dirty": None}
-    branch = _git(directory, "rev-parse", "--abbrev-ref", "HEAD")
-    status = _git(directory, "status", "--porcelain")
+    branch = headers.get("branch.head")
     return {
-        "commit": commit.strip(),
-        "branch": branch.strip() if branch else None,
-        "dirty": bool(status and status.strip()),
+        "commit": commit,
+        # As ``git rev-parse --abbrev-ref HEAD`` names it: "HEAD" when detached.
+        "branch": "HEAD" if branch == "(detached)" else branch,
+        "dirty": any(line and not line.startswith("# ") for line in status.splitlines()),
     }
 
 
@@ -180,6 +183,8 @@ class RunRecord:
         """A fresh id, except for a resumed run whose record was lost or damaged: it keeps
         its checkpoint's, so that ``runs which`` still finds the run from its checkpoints."""
         if config.resume is not None:
+            import torch
+
             # mmap: only the pickled structure is read, not the weights.
             state = torch.load(config.resume, map_location="cpu", weights_only=True, mmap=True)
             if isinstance(state.get("run_id"), str):
@@ -217,7 +222,7 @@ class RunRecord:
             while (self.run_dir / name).exists():  # a record started afresh: keep the old
                 number += 1
                 name = f"code.session{number}.diff"
-            (self.run_dir / name).write_text(diff)
+            write_text(self.run_dir / name, diff)
             session["diff"] = name
         self.data["sessions"].append(session)
         self.data.update(

@@ -10,10 +10,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from toolbox.records.atomic import write_atomically
+
 if TYPE_CHECKING:
     import torch
     from torch.utils.tensorboard import SummaryWriter
-from toolbox.records.curves import _write_atomically
 
 
 def write_figures(writer: SummaryWriter, run_dir: Path, figures: Mapping, step: int) -> None:
@@ -27,9 +28,9 @@ def write_figures(writer: SummaryWriter, run_dir: Path, figures: Mapping, step: 
         if isinstance(figure, torch.Tensor):
             image = figure.detach().float().cpu().clamp(0, 1)
             writer.add_image(f"figures/{name}", image, step, dataformats="CHW")
-            _write_atomically(png, lambda file, image=image: save_image(image, file, format="png"))
+            write_atomically(png, lambda file, image=image: save_image(image, file, format="png"))
         else:
-            _write_atomically(
+            write_atomically(
                 png, lambda file, figure=figure: figure.savefig(file, format="png", dpi=100)
             )
             writer.add_figure(f"figures/{name}", figure, step)  # and closes it
@@ -198,7 +199,6 @@ def log_sample_grid(
     are not such images.
     """
     import torch
-    from torchvision.utils import make_grid
 
     if inputs.ndim != 4 or inputs.shape[1] not in (1, 3) or inputs.shape[0] == 0:
         return False
@@ -227,7 +227,30 @@ def log_sample_grid(
     factor = math.ceil(min_size / min(images.shape[-2:]))
     if factor > 1:
         images = images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
-    grid = make_grid(images, nrow=8, padding=2, pad_value=1.0)
+    grid = _grid(images, columns=8, padding=2, pad_value=1.0)
     writer.add_image(tag, grid, step, dataformats="CHW")
     writer.flush()
     return True
+
+
+def _grid(images: torch.Tensor, columns: int, padding: int, pad_value: float) -> torch.Tensor:
+    """(N, C, H, W) images as one RGB (3, H', W') grid of ``columns`` a row, each framed by
+    ``padding`` pixels of ``pad_value`` (one image alone: unframed), as torchvision's
+    ``make_grid`` lays them out, without importing torchvision (a second or more) for a run
+    that has no other use for it."""
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    count, channels, height, width = images.shape
+    if count == 1:
+        return images[0].clone()  # as make_grid: one image, unframed
+    across = min(columns, count)
+    down = math.ceil(count / across)
+    cell_height, cell_width = height + padding, width + padding
+    grid = images.new_full(
+        (channels, cell_height * down + padding, cell_width * across + padding), pad_value
+    )
+    for index, image in enumerate(images):
+        top = (index // across) * cell_height + padding
+        left = (index % across) * cell_width + padding
+        grid[:, top : top + height, left : left + width] = image
+    return grid

@@ -17,6 +17,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
+# The one duration format (records/ is the layer below); the trainer imports it from here too.
+from toolbox.records.durations import format_duration
+
 REFRESH_SECONDS = 0.25
 RECENT_EVALUATIONS = 5
 
@@ -37,14 +40,6 @@ class _ProgressWithRecent(Progress):
                 table.add_row(*row.values())
             yield table
         yield self.make_tasks_table(self.tasks)
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, seconds = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
 class ProgressDisplay:
