@@ -39,7 +39,7 @@ class EncoderLayer(nn.Module):
 
 class Encoder(nn.Module):
     """``depth`` copies of one freshly initialised layer, as nn.TransformerEncoder makes them
-    (its state_dict keys are layers.<i>.*); each layer is trained apart from the start."""
+    (under its keys, layers.<i>.*): the layers start equal and part as they train."""
 
     def __init__(self, layer: EncoderLayer, depth: int) -> None:
         super().__init__()
