@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +16,13 @@ import pytest
 from tests.conftest import REPO, TINY
 from toolbox.config.training import SLOTS, TrainingConfig
 from toolbox.metrics import METRICS
+
+# toolbox/records/run_record.py imports torch at module level, for one torch.load in a resumed
+# run's record; `runs` and `runs show` read run.json through it. Strict: once that import
+# moves into its function, these cases pass and this mark must go.
+RUN_RECORD_IMPORTS_TORCH = pytest.mark.xfail(
+    strict=True, reason="toolbox.records.run_record imports torch at module level"
+)
 
 
 def help_text(*argv: str) -> str:
@@ -28,6 +37,7 @@ def help_text(*argv: str) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("argv", "exit_code"), [(["--help"], 0), (["--epochs", "0"], 2)], ids=["help", "bad-option"]
 )
@@ -50,6 +60,7 @@ def test_help_and_option_errors_do_not_import_torch(argv, exit_code):
     assert "torch imported: False" in result.stdout
 
 
+@pytest.mark.slow
 def test_help_lists_every_selector_choice_and_the_component_groups():
     text = help_text()
     for selector, registry in SLOTS.values():
@@ -71,6 +82,7 @@ def test_help_lists_every_selector_choice_and_the_component_groups():
         assert option in text
 
 
+@pytest.mark.slow
 def test_help_for_another_arch_shows_its_options_instead():
     text = help_text("--arch", "resnet18", "--dataset", "cifar10", "--optimizer", "sgd")
     assert "--model.stem" in text and "--model.hidden-sizes" not in text
@@ -189,3 +201,120 @@ def test_test_py_mistakes(capsys, evaluate, tmp_path):
     with pytest.raises(SystemExit) as exit:
         evaluate(str(tmp_path), "--split", "train")
     assert exit.value.code == 2
+
+
+# --- What --help and `runs` load ------------------------------------------------------------
+
+
+def modules_loaded(argv: list[str], cwd) -> dict[str, bool]:
+    """Which of torch, typeguard and rich a fresh interpreter holds after ``argv``."""
+    script = textwrap.dedent(
+        f"""
+        import contextlib, io, runpy, sys
+        sys.argv = {argv!r}
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                if sys.argv[0] == "-m":
+                    sys.argv = sys.argv[1:]
+                    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+                else:
+                    runpy.run_path(sys.argv[0], run_name="__main__")
+        except SystemExit as exit:
+            assert exit.code in (0, None), exit.code
+        print(",".join(m for m in ("torch", "typeguard", "rich") if m in sys.modules))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # this tree's toolbox, whatever the cwd
+    command = [sys.executable, "-c", script]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    loaded = set(result.stdout.strip().split(","))
+    return {name: name in loaded for name in ("torch", "typeguard", "rich")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--arch", "resnet18", "--dataset", "cifar10", "--help"],
+        ["--arch", "ddpm", "--dataset", "mnist", "--help"],
+        ["--arch", "trajectory_recovery", "--dataset", "trajectories", "--help"],
+    ],
+    ids=["default", "resnet18", "ddpm", "trajectory"],
+)
+def test_help_loads_neither_typeguard_nor_rich(argv):
+    """Importing them took about 90 ms of train.py --help, a bare tyro CLI's whole time
+    (benchmarks/help_time.py); tyro's default checks run without typeguard here."""
+    assert modules_loaded([str(REPO / "train.py"), *argv], REPO) == {
+        "torch": False,
+        "typeguard": False,
+        "rich": False,
+    }
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    """Two runs as `runs` reads them: run.json and config.json, no checkpoint."""
+    from toolbox.config.plain import to_plain
+
+    for name, arch in (("first", "mlp"), ("second", "cnn")):
+        run_dir = tmp_path / "outputs" / name
+        run_dir.mkdir(parents=True)
+        record = {"run_id": name, "status": "completed", "arch": arch, "dataset": "digits"}
+        (run_dir / "run.json").write_text(json.dumps({**record, "epochs": 2, "epochs_done": 2}))
+        config = to_plain(TrainingConfig(arch=arch))
+        (run_dir / "config.json").write_text(json.dumps(config, default=str))
+    return tmp_path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["runs", "--help"],
+        ["runs", "diff", "outputs/first", "outputs/second"],
+        pytest.param(["runs"], marks=RUN_RECORD_IMPORTS_TORCH),
+        pytest.param(["runs", "show", "outputs/first"], marks=RUN_RECORD_IMPORTS_TORCH),
+    ],
+    ids=["help", "diff", "list", "show"],
+)
+def test_runs_loads_no_torch(runs_dir, argv):
+    """`python -m toolbox runs` reads JSON files: torch (seconds to import) is only for
+    reading a checkpoint (`runs which`)."""
+    assert not modules_loaded(["-m", "toolbox", *argv], runs_dir)["torch"]
+
+
+def test_tyro_default_checks_answer_as_typeguard_for_every_option():
+    """Every field default of the config and of every component: the check without typeguard
+    says it matches, and typeguard agrees; wrong values are left to tyro's own check."""
+    import typing
+
+    import typeguard
+
+    from toolbox.cli import default_checks
+
+    default_checks.install()
+    classes = [TrainingConfig] + [
+        registry.get(name) for _, registry in SLOTS.values() for name in registry.names()
+    ]
+    for cls in classes:
+        hints = typing.get_type_hints(cls, include_extras=True)
+        for field in dataclasses.fields(cls):
+            if field.name in SLOTS:
+                continue
+            default = (
+                field.default_factory() if field.default is dataclasses.MISSING else field.default
+            )
+            assert default_checks._matches(hints[field.name], default), (cls, field.name)
+            typeguard.check_type(default, hints[field.name])
+    wrong = [
+        (tuple[int, ...], (1, "a")),
+        (tuple[int, ...], [1, 2]),
+        (tuple[int, int], (1,)),
+        (tuple[float, float] | None, (1.0, "x")),
+        (int | None, "3"),
+        (list[int], [1]),  # not ours to judge: typeguard's
+    ]
+    for hint, value in wrong:
+        assert not default_checks._matches(hint, value), hint

@@ -6,12 +6,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-import tyro
-from rich.console import Console
-from rich.markup import escape
-
-from toolbox.cli.console import print_error
-from toolbox.cli.parse import parse_training_config
+from toolbox.cli.console import print_error, print_stderr
 from toolbox.errors import RunStopped, UserError
 from toolbox.launch import launched_world_size, rank_label
 from toolbox.training.signals import watch_stop_signals
@@ -26,12 +21,10 @@ def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None)
         return error.exit_code
     except RunStopped as stopped:
         if not stopped.reported:  # the trainer says itself where it stopped and how to resume
-            Console(stderr=True, highlight=False).print(
-                f"[bold]{rank_label()}{escape(str(stopped))}[/]", soft_wrap=True
-            )
+            print_stderr(f"{rank_label()}{stopped}", style="bold")
         return stopped.exit_code
     except KeyboardInterrupt:
-        Console(stderr=True).print("[bold red]interrupted[/]")
+        print_stderr("interrupted", style="bold red")
         return 130
     except BrokenPipeError:
         # The reader went away (`train.py --help | head`): stop writing, quietly.
@@ -62,6 +55,8 @@ def _train_or_sweep(argv: list[str], program: str, test_program: tuple[str, ...]
         from toolbox.cli.sweep import run_sweep
 
         return run_sweep(argv, train_main, program, test_program)
+    from toolbox.cli.parse import parse_training_config
+
     config = parse_training_config(argv, prog=program)
     from toolbox.training import distributed
     from toolbox.training.trainer import Trainer
@@ -85,10 +80,14 @@ def _train_or_sweep(argv: list[str], program: str, test_program: tuple[str, ...]
 
 
 def test_main(argv: list[str], program: str = "test.py") -> int:
+    import tyro
+
+    from toolbox.cli import default_checks
     from toolbox.cli.test_program import split_model_options, with_model_options
     from toolbox.config.evaluate import EvaluateConfig
 
     own_options, model_options = split_model_options(argv)
+    default_checks.install()
     config = tyro.cli(EvaluateConfig, args=own_options, prog=program)
     from toolbox.training.testing import evaluate_run
 

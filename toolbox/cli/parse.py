@@ -9,13 +9,13 @@ from pathlib import Path
 
 import tyro
 
+from toolbox.cli import default_checks
 from toolbox.config.checks import validate
 from toolbox.config.plain import from_plain
 from toolbox.config.resume import resume_conflicts
 from toolbox.config.training import SLOTS, TrainingConfig, with_components
 from toolbox.errors import ArgumentParser, UserError
 from toolbox.launch import launched_rank
-from toolbox.records.lock import RunLock, move_aside
 
 
 def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> TrainingConfig:
@@ -56,6 +56,7 @@ def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> Traini
         default = saved
     default = with_components(default, **names)
     _refuse_options_of_other_components(argv, default)
+    default_checks.install()
     config = tyro.cli(TrainingConfig, args=argv, default=default, prog=prog)
     validate(config)
     if saved is not None:
@@ -82,7 +83,8 @@ def _latest_checkpoint(output_dir: Path, run_name: str | None) -> Path | None:
             "--resume auto needs --run-name: a restarted job finds its run by name (e.g. "
             "--run-name cifar-ddp --resume auto)."
         )
-    from toolbox.records.checkpoint import LAST
+    from toolbox.records.layout import LAST
+    from toolbox.records.lock import RunLock, move_aside
 
     run_dir = output_dir / run_name
     if (run_dir / LAST).exists():

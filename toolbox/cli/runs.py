@@ -1,4 +1,8 @@
-"""``python -m toolbox runs``: list, show, compare and trace runs from their directories."""
+"""``python -m toolbox runs``: list, show, compare and trace runs from their directories.
+
+torch-free: reading a checkpoint (``which``, or a config that only the checkpoint still
+holds) loads torch then; rich and the config layer load when a command needs them, so
+``--help`` costs little more than the interpreter's start."""
 
 from __future__ import annotations
 
@@ -7,16 +11,13 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-
-from toolbox.config.plain import flat
 from toolbox.errors import ArgumentParser, UserError
-from toolbox.records.checkpoint import LAST, load_checkpoint
-from toolbox.records.layout import CONFIG, METRICS, RECORD
-from toolbox.records.metrics_table import MetricsTable
-from toolbox.records.run_record import RunRecord
+from toolbox.records.layout import CONFIG, LAST, METRICS, RECORD
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 USAGE = """\
 python -m toolbox runs [DIR] [--csv] [--arch A] [--dataset D] [--status S]
@@ -40,6 +41,8 @@ def _record(run_dir: Path) -> tuple[dict | None, str | None]:
     """The run's record ({} when it has none), or None and what makes it unreadable."""
     if not (run_dir / RECORD).exists():
         return {}, None
+    from toolbox.records.run_record import RunRecord
+
     try:
         return RunRecord.read(run_dir / RECORD), None
     except (OSError, ValueError) as error:
@@ -101,6 +104,8 @@ def list_runs(args: list[str]) -> None:
         print(pd.DataFrame(rows, columns=columns).to_csv(index=False), end="")
         _report_damage(found)
         return
+    from rich.table import Table
+
     table = Table(title=f"{len(rows)} runs in {options.dir}, newest first")
     for column in ("run", "date", "arch", "dataset", "epochs", "best", "status", "duration"):
         table.add_column(column, justify="right" if column in ("epochs", "duration") else "left")
@@ -122,6 +127,8 @@ def _report_damage(found: list[tuple[Path, dict | None, str | None]]) -> None:
 
 def _console() -> Console:
     """A terminal's own width; piped output gets room enough not to wrap the run names."""
+    from rich.console import Console
+
     return Console(highlight=False) if sys.stdout.isatty() else Console(highlight=False, width=200)
 
 
@@ -135,6 +142,11 @@ def _run_dir(name: str) -> Path:
 def show(args: list[str]) -> None:
     if len(args) != 1:
         raise UserError(f"runs show takes one run.\nUsage:\n{USAGE}")
+    from rich.table import Table
+
+    from toolbox.config.plain import flat
+    from toolbox.records.metrics_table import MetricsTable
+
     run_dir = _run_dir(args[0])
     console = _console()
     record, damage = _record(run_dir)
@@ -188,6 +200,8 @@ def run_config(run_dir: Path) -> tuple[dict | None, str | None]:
         problem = str(error)
     if not (run_dir / LAST).is_file():
         return None, f"{path} is unreadable ({problem}), and the run has no {LAST} to read it from"
+    from toolbox.records.checkpoint import load_checkpoint
+
     try:
         config = load_checkpoint(run_dir / LAST)["config"]
     except UserError as error:
@@ -198,6 +212,10 @@ def run_config(run_dir: Path) -> tuple[dict | None, str | None]:
 def diff(args: list[str]) -> None:
     if len(args) != 2:
         raise UserError(f"runs diff takes two runs.\nUsage:\n{USAGE}")
+    from rich.table import Table
+
+    from toolbox.config.plain import flat
+
     configs = []
     for name in args:
         config, note = run_config(_run_dir(name))
@@ -223,6 +241,8 @@ def which(args: list[str]) -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--dir", type=Path, default=Path("outputs"))
     options = parser.parse_args(args)
+    from toolbox.records.checkpoint import load_checkpoint
+
     state = load_checkpoint(options.checkpoint)
     run_id = state.get("run_id")
     if run_id is None:
