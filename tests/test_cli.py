@@ -17,13 +17,6 @@ from tests.conftest import REPO, TINY
 from toolbox.config.training import SLOTS, TrainingConfig
 from toolbox.metrics import METRICS
 
-# toolbox/records/run_record.py imports torch at module level, for one torch.load in a resumed
-# run's record; `runs` and `runs show` read run.json through it. Strict: once that import
-# moves into its function, these cases pass and this mark must go.
-RUN_RECORD_IMPORTS_TORCH = pytest.mark.xfail(
-    strict=True, reason="toolbox.records.run_record imports torch at module level"
-)
-
 
 def help_text(*argv: str) -> str:
     result = subprocess.run(
@@ -274,8 +267,8 @@ def runs_dir(tmp_path):
     [
         ["runs", "--help"],
         ["runs", "diff", "outputs/first", "outputs/second"],
-        pytest.param(["runs"], marks=RUN_RECORD_IMPORTS_TORCH),
-        pytest.param(["runs", "show", "outputs/first"], marks=RUN_RECORD_IMPORTS_TORCH),
+        ["runs"],
+        ["runs", "show", "outputs/first"],
     ],
     ids=["help", "diff", "list", "show"],
 )
