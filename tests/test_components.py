@@ -34,7 +34,8 @@ from toolbox.metrics import METRICS
 from toolbox.models import MODELS
 from toolbox.optimizers import OPTIMIZERS
 from toolbox.schedulers import SCHEDULERS
-from toolbox.training.evaluation import evaluate, per_sample_criterion
+from toolbox.training.evaluation import evaluate
+from toolbox.training.steps import per_sample_criterion
 
 CPU = torch.device("cpu")
 INPUT_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]

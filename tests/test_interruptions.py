@@ -215,7 +215,7 @@ def test_a_signal_during_set_up_exits_143_and_the_same_command_runs_again(
     """Before the run directory exists (building the data) or after (writing its records):
     either way no checkpoint is written and the same command starts the run again."""
     from toolbox.datasets.synthetic import Synthetic
-    from toolbox.training import run_control
+    from toolbox.training import recorder as run_control
 
     if moment == "data":
         _signal_during(monkeypatch, Synthetic, "build")

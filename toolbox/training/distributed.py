@@ -98,6 +98,14 @@ class Distributed:
             raise UserError(f"rank 0 stopped the run: {message}")
         return result
 
+    def average_gradients(self, module: torch.nn.Module) -> None:
+        """All-reduce the gradients by hand, when DDP's backward hook did not run (a
+        --nan-policy skip dropped the batch that would have run it)."""
+        if self.enabled:
+            for parameter in module.parameters():
+                if parameter.grad is not None:
+                    self.all_reduce(parameter.grad).div_(self.world_size)
+
     def sync_buffers(self, module: torch.nn.Module) -> None:
         """Copy rank 0's buffers (e.g. batch-norm running statistics, which each rank updates
         from its own batches) to every rank, so that evaluations agree everywhere."""
@@ -130,14 +138,6 @@ def is_communication_failure(error: BaseException) -> bool:
     return isinstance(error, dist.DistError) or (
         isinstance(error, RuntimeError) and "gloo" in str(error)
     )
-
-
-class Discard:
-    """What ranks other than 0 hold instead of the run's records (metrics table, TensorBoard
-    writer, curves, run.json): every method call does nothing."""
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return lambda *args, **kwargs: None
 
 
 def start(device_name: str, timeout_s: float) -> Distributed:

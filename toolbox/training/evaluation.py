@@ -7,7 +7,6 @@ sum) adds up the sums and counts of all ranks, so the results are exact over the
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,17 +16,11 @@ from torch import nn
 from toolbox.data.loaders import Normalizer, to_device
 from toolbox.errors import UserError
 from toolbox.metrics import MetricConfig
-from toolbox.models.steps import MAIN_LOSS
+from toolbox.models.steps import MAIN_LOSS, StepOutput
 from toolbox.training.runtime import autocast
+from toolbox.training.steps import CriterionSteps, StepRunner, prediction_columns
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
-
-
-def per_sample_criterion(criterion: nn.Module) -> nn.Module:
-    """A copy of a torch loss module that returns one loss per element (reduction "none")."""
-    per_sample = copy.copy(criterion)
-    per_sample.reduction = "none"
-    return per_sample
 
 
 @dataclass
@@ -38,8 +31,9 @@ class Evaluation:
     """Each named loss (MAIN_LOSS first), averaged over the split's samples."""
     metrics: dict[str, float]
     predictions: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Per-sample ``loss``, ``target``, ``prediction`` (and ``probability`` for classes), or
-    the outputs of a model's own evaluation step."""
+    """The per-sample columns of the steps' ``prediction_columns`` (a plain model's
+    ``target``, ``prediction``, ``loss`` and, for classes, ``probability``), or the outputs
+    of a model's own evaluation step."""
 
     @property
     def loss(self) -> float:
@@ -61,6 +55,16 @@ class _Totals:
         self.metric_counts = [0] * len(metrics)
         self.num_samples = 0
         self.kept: dict[str, list[torch.Tensor]] = {}
+
+    def batch_loss_sums(self, losses: dict[str, torch.Tensor], num_samples: int) -> torch.Tensor:
+        """The batch's sum of each named loss: a batch mean times the samples, or the exact
+        sum of per-sample values (see toolbox.models.steps)."""
+        return torch.stack(
+            [
+                value.sum().to(self.dtype) if value.ndim else value.to(self.dtype) * num_samples
+                for value in (losses[name] for name in self.loss_names)
+            ]
+        )
 
     def add(self, loss_sums: torch.Tensor, num_samples: int, output, target) -> None:
         self.loss_sums += loss_sums
@@ -107,77 +111,51 @@ class _Totals:
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
+def evaluate_steps(
+    steps: nn.Module,
     loader,
     *,
     normalizer: Normalizer,
-    criterion: nn.Module,
     metrics: dict[str, MetricConfig],
     device: torch.device,
     precision: str,
-    classification: bool,
+    runner: nn.Module | None = None,
     keep_predictions: bool = False,
     reduce: Reduce | None = None,
 ) -> Evaluation:
-    """Loss and metrics of a model whose output the criterion scores."""
-    was_training = model.training
-    model.eval()
-    per_sample = per_sample_criterion(criterion)
-    totals = _Totals((MAIN_LOSS,), metrics, device)
-    for batch in loader:
-        batch = to_device(batch, device)
-        target = batch["target"]
-        with autocast(device, precision):
-            output = model(normalizer(batch["input"]))
-        output = output.float()
-        losses = per_sample(output, target).reshape(target.shape[0], -1).mean(dim=1)
-        totals.add(losses.sum().reshape(1), target.shape[0], output, target)
-        if keep_predictions:
-            if classification:
-                probability, prediction = output.softmax(dim=1).max(dim=1)
-                values = {"prediction": prediction, "loss": losses, "probability": probability}
-                totals.keep({"target": target, **values})
-            else:
-                totals.keep({"target": target, "prediction": output, "loss": losses})
-    model.train(was_training)
-    return totals.result(reduce)
-
-
-@torch.no_grad()
-def evaluate_own_steps(
-    step_module: nn.Module,
-    loader,
-    *,
-    normalizer: Normalizer,
-    loss_names: tuple[str, ...],
-    metrics: dict[str, MetricConfig],
-    device: torch.device,
-    precision: str,
-    keep_predictions: bool = False,
-    reduce: Reduce | None = None,
-) -> Evaluation:
-    """Named losses of a model's own evaluation step (through ``step_module``, a
-    steps.StepRunner, maybe wrapped), and metrics of its ``outputs["prediction"]``."""
-    was_training = step_module.training
-    step_module.eval()
-    totals = _Totals(loss_names, metrics, device)
+    """The named losses of ``steps``' evaluation step (toolbox.models.steps) over the split,
+    the metrics of its ``outputs["prediction"]``, and (``keep_predictions``) the per-sample
+    columns test.py writes. ``runner`` runs the steps: a steps.StepRunner, maybe in DDP or
+    compiled (the trainer's); by default a plain one."""
+    runner = runner if runner is not None else StepRunner(steps)
+    columns = prediction_columns(steps)
+    was_training = steps.training
+    runner.eval()
+    totals = _Totals(tuple(steps.loss_names), metrics, device)
     for batch in loader:
         batch = to_device(batch, device)
         batch = {**batch, "input": normalizer(batch["input"])}
         num_samples = len(batch["input"])
         with autocast(device, precision):
-            losses, outputs = step_module(batch, False)
+            losses, outputs = runner(batch, False)
         prediction = outputs.get("prediction")
         if metrics and prediction is None:
             raise UserError(
                 f"--metrics {' '.join(metrics)}: this model's evaluation step returns no "
                 "outputs['prediction'] to score; run it with --metrics and no names."
             )
-        batch_losses = torch.stack([losses[name].to(totals.dtype) for name in loss_names])
         output = None if prediction is None else prediction.float()
-        totals.add(batch_losses * num_samples, num_samples, output, batch.get("target"))
+        loss_sums = totals.batch_loss_sums(losses, num_samples)
+        totals.add(loss_sums, num_samples, output, batch.get("target"))
         if keep_predictions:
-            totals.keep({key: value.float() for key, value in outputs.items()})
-    step_module.train(was_training)
+            totals.keep(columns(batch, StepOutput(losses, outputs)))
+    runner.train(was_training)
     return totals.result(reduce)
+
+
+def evaluate(
+    model: nn.Module, loader, *, criterion: nn.Module, classification: bool, **options
+) -> Evaluation:
+    """evaluate_steps of a plain model whose output ``criterion`` scores (CriterionSteps);
+    ``options`` are evaluate_steps'."""
+    return evaluate_steps(CriterionSteps(model, criterion, classification), loader, **options)

@@ -30,12 +30,11 @@ def evaluate_run(
     from toolbox.config.plain import from_plain
     from toolbox.data.loaders import make_loader
     from toolbox.metrics import METRICS
-    from toolbox.models.steps import has_own_steps
     from toolbox.records import checkpoint
     from toolbox.records.tensorboard import write_figures
-    from toolbox.training.evaluation import evaluate, evaluate_own_steps
+    from toolbox.training.evaluation import evaluate_steps
     from toolbox.training.runtime import build_model, input_normalizer, resolve_device
-    from toolbox.training.steps import StepRunner, draw_figures
+    from toolbox.training.steps import as_steps, draw_figures
 
     path = Path(options.run)
     if path.is_dir():
@@ -69,32 +68,23 @@ def evaluate_run(
         device=device,
         train=False,
     )
-    common = {
-        "normalizer": input_normalizer(config, info, device),
-        "metrics": metrics,
-        "device": device,
-        "precision": config.precision,
-        "keep_predictions": True,
-    }
     out_dir = run_dir / "test"
     out_dir.mkdir(exist_ok=True)
-    if has_own_steps(model):
-        result = evaluate_own_steps(
-            StepRunner(model), loader, loss_names=tuple(model.loss_names), **common
-        )
-        figures = draw_figures(model)
-        if figures:
-            with SummaryWriter(str(out_dir)) as writer:
-                figures = {f"{options.split}_{name}": value for name, value in figures.items()}
-                write_figures(writer, out_dir, figures, state["progress"]["epoch"])
-    else:
-        result = evaluate(
-            model,
-            loader,
-            criterion=config.loss.build().to(device),
-            classification=info.task == "classification",
-            **common,
-        )
+    steps = as_steps(model, config.loss.build().to(device), info.task == "classification")
+    result = evaluate_steps(
+        steps,
+        loader,
+        normalizer=input_normalizer(config, info, device),
+        metrics=metrics,
+        device=device,
+        precision=config.precision,
+        keep_predictions=True,
+    )
+    figures = draw_figures(model)
+    if figures:
+        with SummaryWriter(str(out_dir)) as writer:
+            figures = {f"{options.split}_{name}": value for name, value in figures.items()}
+            write_figures(writer, out_dir, figures, state["progress"]["epoch"])
     summary = {**result.losses, **result.metrics}
     pd.DataFrame([summary]).to_csv(out_dir / f"{options.split}_metrics.csv", index=False)
     predictions = {"index": range(len(next(iter(result.predictions.values()))))}

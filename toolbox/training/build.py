@@ -1,0 +1,147 @@
+"""A run's parts, built from its config in the order that keeps runs repeatable (the seeded
+streams are drawn from in the same order every time); everything that can fail on user
+input fails here, before the run directory exists."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from toolbox.config.training import TrainingConfig
+from toolbox.data.augment import BatchAugment
+from toolbox.data.loaders import Normalizer, make_loader
+from toolbox.errors import UserError
+from toolbox.metrics import METRICS, MetricConfig
+from toolbox.records import checkpoint
+from toolbox.training.averaging import WeightAverage
+from toolbox.training.distributed import Distributed
+from toolbox.training.runtime import build_model, input_normalizer, resolve_device, seed_everything
+from toolbox.training.state import RunState
+
+
+@dataclass
+class Parts:
+    """What the run is built from besides its checkpointed state."""
+
+    device: torch.device
+    splits: object
+    """The dataset's splits (train, val, test) and its DatasetInfo."""
+    criterion: torch.nn.Module
+    metrics: dict[str, MetricConfig]
+    normalizer: Normalizer
+    val_loader: object
+    skipped_init_keys: list[str]
+    """The --init-from keys left out (their shapes differ, e.g. a new classifier head)."""
+
+
+def build_run(config: TrainingConfig, dist: Distributed, *, fresh: bool) -> tuple[RunState, Parts]:
+    """The run's state, as a new run starts it (``fresh``: --init-from applies; a resume then
+    restores the state), and its other parts."""
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    seed_everything(config.seed)
+    device = resolve_device(dist.device or config.device)
+    splits = config.data.build()
+    model = _model(config, splits.info, device, dist)
+    if dist.rank > 0:
+        # Every rank built the same initial weights; from here on each draws its own
+        # dropout masks and noise. Rank 0 keeps the single-process stream.
+        seed_everything(config.seed + dist.rank)
+    skipped_init_keys: list[str] = []
+    if config.init_from is not None and fresh:
+        skipped_init_keys = checkpoint.load_model_state(
+            model,
+            checkpoint.load_weights(config.init_from),
+            f"--init-from {config.init_from}",
+            strict=False,
+        )
+    # Before a resume restores the average: a new run's average starts at the weights.
+    ema = WeightAverage(model, config.ema_decay) if config.ema_decay else None
+    criterion = config.loss.build().to(device)
+    metrics = {name: METRICS.get(name)() for name in config.metrics}
+    normalizer = input_normalizer(config, splits.info, device)
+    augment = _augment(config, splits.info, device, dist)
+    train_loader, val_loader = _loaders(config, splits, device, dist)
+    optimizer = config.optim.build(model)
+    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
+    scheduler = config.sched.build(optimizer, steps_per_epoch, config.epochs, config.monitor_mode)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    state = RunState(
+        config,
+        dist,
+        model=model,
+        ema=ema,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        train_loader=train_loader,
+        augment=augment,
+        steps_per_epoch=steps_per_epoch,
+    )
+    parts = Parts(device, splits, criterion, metrics, normalizer, val_loader, skipped_init_keys)
+    return state, parts
+
+
+def _model(config: TrainingConfig, info, device: torch.device, dist: Distributed):
+    model = build_model(config, info, device)
+    if config.sync_bn:
+        if dist.enabled and device.type != "cuda":
+            raise UserError(
+                "--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on "
+                f"{device.type}); drop --sync-bn, or train on GPUs."
+            )
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def _augment(config: TrainingConfig, info, device: torch.device, dist: Distributed):
+    if config.data.augment == "none":
+        return None
+    if len(info.input_shape) != 3:
+        raise UserError(
+            f"--data.augment {config.data.augment} needs image inputs (C, H, W), but this "
+            f"dataset's inputs have shape {tuple(info.input_shape)}; use --data.augment none."
+        )
+    # Each rank's own stream, seeded apart from the model's.
+    return BatchAugment(config.data.augment, device, config.seed + 1 + dist.rank)
+
+
+def _loaders(config: TrainingConfig, splits, device: torch.device, dist: Distributed):
+    """The training loader (each rank its shard of a shared permutation) and the
+    validation one (each rank its share of the split)."""
+    train_loader, val_loader = (
+        make_loader(
+            split,
+            batch_size,
+            kind=config.data.loader,
+            device=device,
+            train=train,
+            seed=config.seed,
+            num_workers=config.num_workers,
+            placement=config.data.placement,
+            rank=dist.rank,
+            world_size=dist.world_size,
+        )
+        for split, batch_size, train in (
+            (splits.train, config.batch_size, True),
+            (splits.val, config.eval_batch_size, False),
+        )
+    )
+    if len(train_loader) == 0:
+        processes = f" times {dist.world_size} processes" if dist.enabled else ""
+        raise UserError(
+            f"--batch-size {config.batch_size}{processes} is larger than the training split "
+            f"({len(splits.train['target'])} samples), so an epoch has no full batch; lower "
+            "--batch-size."
+        )
+    if len(splits.val["target"]) == 0:
+        raise UserError(
+            f"the validation split of {config.dataset!r} is empty; raise --data.val-fraction "
+            "(e.g. 0.1)."
+        )
+    return train_loader, val_loader

@@ -1,0 +1,310 @@
+"""What a run writes about itself, by the one rank that writes.
+
+The run's own record is always written: metrics.csv, training.log, run.json and
+curves.png. Loggers (sinks) get the same values: TensorBoard today; MLflow or W&B are
+further sinks. A rank that does not write holds a NullRecorder, whose every call does
+nothing, so that no caller asks which rank it is on."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from toolbox.config.plain import to_plain
+from toolbox.config.training import TrainingConfig
+from toolbox.records import checkpoint, curves, tensorboard
+from toolbox.records.atomic import write_json
+from toolbox.records.durations import format_duration
+from toolbox.records.environment import environment
+from toolbox.records.layout import ENV, LOG, RUNTIME
+from toolbox.records.layout import METRICS as METRICS_FILE
+from toolbox.records.log import describe_run, save_config, setup_logging
+from toolbox.records.metrics_table import MetricsTable
+from toolbox.records.run_record import RunRecord
+from toolbox.training.build import Parts
+from toolbox.training.distributed import Distributed
+from toolbox.training.events import Listener
+from toolbox.training.state import RunState
+from toolbox.training.steps import draw_figures
+
+
+class Sink:
+    """A logger the recorder fans out to; each call does nothing unless overridden."""
+
+    def evaluation(self, row: dict[str, float | int]) -> None:
+        """An evaluation's metrics.csv row."""
+
+    def step_loss(self, loss: float, step: int) -> None:
+        """The mean training loss of the last --log-every steps, at optimizer step ``step``."""
+
+    def histograms(self, model: torch.nn.Module, epoch: int, grad_scale: float) -> None:
+        """Weights and gradients (still scaled by ``grad_scale``) after ``epoch`` epochs."""
+
+    def figures(self, figures: Mapping, epoch: int) -> None:
+        """A model's figures (image tensors or matplotlib figures)."""
+
+    def end_of_run(self, config_plain: dict, final: dict[str, float], epoch: int) -> None:
+        """The run's hyper-parameters with its final values."""
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoard(Sink):
+    """TensorBoard event files in the run directory (and a model's figures as PNGs)."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = run_dir
+        # purge_step drops points a crashed session logged after its last checkpoint.
+        self.writer = SummaryWriter(str(run_dir), purge_step=purge_step)
+
+    def evaluation(self, row: dict[str, float | int]) -> None:
+        epoch = row["epoch"]
+        self.writer.add_scalar("lr", row["lr"], epoch)
+        for name, value in row.items():
+            if name.startswith(("train_", "val_")):  # train_loss -> train/loss
+                self.writer.add_scalar(name.replace("_", "/", 1), value, epoch)
+        self.writer.flush()
+
+    def step_loss(self, loss: float, step: int) -> None:
+        self.writer.add_scalar("train/loss_step", loss, step)
+
+    def histograms(self, model: torch.nn.Module, epoch: int, grad_scale: float) -> None:
+        tensorboard.log_histograms(self.writer, model, epoch, grad_scale=grad_scale)
+
+    def figures(self, figures: Mapping, epoch: int) -> None:
+        tensorboard.write_figures(self.writer, self.run_dir, figures, epoch)
+
+    def end_of_run(self, config_plain: dict, final: dict[str, float], epoch: int) -> None:
+        tensorboard.log_hparams(self.writer, config_plain, final, step=epoch)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class NullRecorder(Listener):
+    """The recorder of a rank that does not write: the same calls, doing nothing."""
+
+    writer = None
+    run_id: str | None = None
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def step_loss(self, loss: float, step: int) -> None:
+        pass
+
+    def histograms(
+        self, model: torch.nn.Module, epoch: int, grad_scale: Callable[[], float]
+    ) -> None:
+        pass
+
+    def draw_figures(self, model: torch.nn.Module, epoch: int) -> None:
+        pass
+
+    def end_of_run(self) -> None:
+        """The curves' last drawing and the final values, once the last epoch is done."""
+
+    def redraw_curves(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Recorder(NullRecorder):
+    """The run's record (metrics.csv, training.log, run.json, curves.png) and its sinks."""
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        logger: logging.Logger,
+        table: MetricsTable,
+        record: RunRecord,
+        plotter: curves.CurvesPlotter,
+        sinks: list[Sink],
+        state: RunState,
+        test_command: str,
+    ) -> None:
+        super().__init__(logger)
+        self.config, self.table, self.record, self.plotter = config, table, record, plotter
+        self.sinks = sinks
+        self.tensorboard = next(sink for sink in sinks if isinstance(sink, TensorBoard))
+        self.writer = self.tensorboard.writer
+        self.run_id = record.run_id
+        self.state, self.test_command = state, test_command
+        self.last_values: dict[str, float] = {}
+        """The last evaluation's val_* values, for the end-of-run hyper-parameters."""
+
+    def on_evaluation_end(self, row: dict[str, float | int], improved: bool) -> None:
+        self.table.append(row)
+        for sink in self.sinks:
+            sink.evaluation(row)
+        self.last_values = {key: value for key, value in row.items() if key.startswith("val_")}
+        self.plotter.update()
+        values = {key: value for key, value in row.items() if key.startswith(("train_", "val_"))}
+        self.logger.info(
+            "epoch %d/%d %s lr %.3g%s",
+            row["epoch"],
+            self.config.epochs,
+            " ".join(f"{name} {value:.4f}" for name, value in values.items()),
+            row["lr"],
+            " (best)" if improved else "",
+        )
+        progress = self.state.progress
+        self.record.progress(
+            progress.epoch, progress.best_value, progress.best_epoch, row["elapsed_s"]
+        )
+
+    def on_fit_end(self, status: str, reason: str | None, error: str | None) -> None:
+        self.record.finish(status, error=error, reason=reason)
+        if status != "finished":
+            return
+        progress, best = self.state.progress, self.state.progress.best_value
+        self.logger.info(
+            "done: %d epochs in %s; best %s %s at epoch %s. Evaluate on the test split with: %s",
+            progress.epoch,
+            format_duration(progress.elapsed_s),
+            self.config.monitor,
+            "n/a" if best is None else f"{best:.4f}",
+            progress.best_epoch,
+            self.test_command,
+        )
+
+    def step_loss(self, loss: float, step: int) -> None:
+        for sink in self.sinks:
+            sink.step_loss(loss, step)
+
+    def histograms(
+        self, model: torch.nn.Module, epoch: int, grad_scale: Callable[[], float]
+    ) -> None:
+        """``grad_scale`` is called here only: reading the scale is a host sync."""
+        scale = grad_scale()
+        for sink in self.sinks:
+            sink.histograms(model, epoch, scale)
+
+    def draw_figures(self, model: torch.nn.Module, epoch: int) -> None:
+        """The figures of a model that draws some (e.g. a diffusion model's samples), once
+        per evaluation: only this rank pays for drawing them."""
+        figures = draw_figures(model)
+        if figures:
+            for sink in self.sinks:
+                sink.figures(figures, epoch)
+
+    def end_of_run(self) -> None:
+        self.plotter.update(force=True)
+        progress = self.state.progress
+        final = {**self.last_values, f"best_{self.config.monitor}": progress.best_value}
+        final = {key: value for key, value in final.items() if value is not None}
+        for sink in self.sinks:
+            sink.end_of_run(to_plain(self.config), final, progress.epoch)
+
+    def redraw_curves(self) -> None:
+        self.plotter.update(force=True)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+def open_recorder(
+    run_dir: Path,
+    config: TrainingConfig,
+    state: RunState,
+    parts: Parts,
+    *,
+    dist: Distributed,
+    console: Console,
+    command: list[str] | None,
+    loss_names: tuple[str, ...],
+    resumed: bool,
+    notes: list[str],
+    test_command: str,
+) -> NullRecorder:
+    """The log on every rank; and on rank 0 the run's records, started or continued (on
+    resume, metrics.csv's rows after the checkpoint are dropped), and its sinks.
+    ``test_command`` is the command the last line says evaluates the run."""
+    logger = setup_logging(run_dir / LOG if dist.is_main else None, console, console.is_terminal)
+    if not dist.is_main:
+        return NullRecorder(logger)
+    record = _start_record(run_dir, config, state, parts, logger, command, resumed)
+    columns = metrics_columns(config, loss_names, parts.metrics)
+    table = MetricsTable(run_dir / METRICS_FILE, columns)
+    progress = state.progress
+    if resumed:
+        for stale in checkpoint.remove_stale_temporaries(run_dir):
+            logger.info("removed %s, left by an interrupted write", stale.name)
+        # Rows and points written after the checkpoint was taken would be repeated.
+        table.drop_rows_after(progress.step)
+    board = TensorBoard(run_dir, purge_step=progress.step if resumed else None)
+    plotter = curves.CurvesPlotter(
+        table.path,
+        run_dir / curves.CURVES,
+        title=run_dir.name,
+        higher_is_better={name: metric.higher_is_better for name, metric in parts.metrics.items()},
+    )
+    splits = parts.splits
+    info = splits.info
+    if not resumed and len(info.input_shape) == 3:
+        inputs = splits.train["input"][:64]
+        tensorboard.log_sample_grid(board.writer, inputs, info.mean, info.std, step=0)
+    for note in notes:
+        logger.info("%s", note)
+    if dist.enabled:
+        logger.info(
+            "distributed: %d processes (%s); batch size %d per process, %d in all%s",
+            dist.world_size,
+            dist.backend,
+            config.batch_size,
+            config.batch_size * dist.world_size,
+            f" (x{config.grad_accum} accumulated per step)" if config.grad_accum > 1 else "",
+        )
+    return Recorder(config, logger, table, record, plotter, [board], state, test_command)
+
+
+def _start_record(
+    run_dir: Path,
+    config: TrainingConfig,
+    state: RunState,
+    parts: Parts,
+    logger: logging.Logger,
+    command: list[str] | None,
+    resumed: bool,
+) -> RunRecord:
+    """config.json, run.json (a new session), runtime.json and env.json (unless there),
+    and the log's header."""
+    save_config(run_dir, config)
+    env = environment(parts.device)
+    record = RunRecord(run_dir)
+    record.start(config, command, env["git"])
+    progress, loader = state.progress, state.train_loader
+    if not (run_dir / RUNTIME).exists():
+        write_json(run_dir / RUNTIME, {"lr_scale": progress.lr_scale})
+    if not (run_dir / ENV).exists():
+        write_json(run_dir / ENV, env)
+    describe_run(
+        logger,
+        run_dir,
+        config,
+        state.model,
+        parts.splits,
+        env,
+        resumed_at=(progress.epoch, loader.next_batch, len(loader)) if resumed else None,
+        skipped_init_keys=parts.skipped_init_keys,
+    )
+    return record
+
+
+def metrics_columns(config: TrainingConfig, loss_names: tuple[str, ...], metrics) -> list[str]:
+    """metrics.csv's header: epoch, step, lr, train_ and val_ losses, val_ metrics, ..."""
+    columns = ["epoch", "step", "lr"]
+    columns += [f"{split}_{name}" for split in ("train", "val") for name in loss_names]
+    columns += [f"val_{name}" for name in metrics]
+    columns += ["nan_skips"] if config.nan_policy == "skip" else []
+    return columns + ["elapsed_s"]

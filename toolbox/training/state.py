@@ -1,0 +1,298 @@
+"""The state a checkpoint holds: one object that saves and restores every stateful part of
+a run (model, weight average, optimizer, scheduler, grad scaler, loader position, progress,
+and each rank's random streams), so that a resumed run continues bit-exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from toolbox.config.plain import from_plain, to_plain
+from toolbox.config.training import TrainingConfig
+from toolbox.data.augment import BatchAugment
+from toolbox.errors import UserError
+from toolbox.models.steps import MAIN_LOSS
+from toolbox.records import checkpoint
+from toolbox.training.averaging import WeightAverage
+from toolbox.training.distributed import Distributed
+from toolbox.training.runtime import rng_state, set_rng_state
+
+
+@dataclass
+class Progress:
+    """How far the run has come; saved in every checkpoint and restored on resume."""
+
+    epoch: int = 0
+    """Completed epochs."""
+    step: int = 0
+    """Completed optimizer steps."""
+    elapsed_s: float = 0.0
+    """Wall time spent in fit(), over all sessions of the run."""
+    best_value: float | None = None
+    """Best value of the monitored metric so far."""
+    best_epoch: int | None = None
+    epoch_loss_sums: dict[str, float] = field(default_factory=dict)
+    """Each named training loss summed over the samples of the current epoch seen so far."""
+    epoch_samples: int = 0
+    nan_skips: int = 0
+    """Batches skipped for a non-finite loss (--nan-policy skip)."""
+    evals_since_best: int = 0
+    """Evaluations since the monitored metric last improved (for --early-stop-patience)."""
+    lr_scale: float = 1.0
+    """The learning-rate factor last read from runtime.json."""
+    steps_per_epoch: int = 0
+    """Optimizer steps per epoch when saved (it changes with the number of processes)."""
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> Progress:
+        """The progress a checkpoint holds, from this version or an earlier one."""
+        saved = dict(saved)
+        if "epoch_loss_sum" in saved:  # before named losses: the main loss alone
+            saved["epoch_loss_sums"] = {MAIN_LOSS: saved.pop("epoch_loss_sum")}
+        return cls(**saved)
+
+    def add_losses(self, names: tuple[str, ...], totals: list[float], count: int) -> None:
+        """Add a window of steps' loss sums (over ``count`` samples) to the epoch's."""
+        for name, total in zip(names, totals, strict=True):
+            self.epoch_loss_sums[name] = self.epoch_loss_sums.get(name, 0.0) + total
+        self.epoch_samples += count
+
+    def epoch_mean_losses(self) -> dict[str, float]:
+        samples = max(self.epoch_samples, 1)
+        return {name: total / samples for name, total in self.epoch_loss_sums.items()}
+
+    def end_epoch(self, epoch_idx: int) -> None:
+        self.epoch = epoch_idx + 1
+        self.epoch_loss_sums = {}
+        self.epoch_samples = 0
+
+    def record_evaluation(self, monitored: float, mode: str) -> bool:
+        """Count an evaluation of the monitored metric; returns whether it is the best yet
+        (a non-finite value never is)."""
+        best = self.best_value
+        improved = math.isfinite(monitored) and (
+            best is None or (monitored < best if mode == "min" else monitored > best)
+        )
+        if improved:
+            self.best_value = monitored
+            self.best_epoch = self.epoch
+            self.evals_since_best = 0
+        else:
+            self.evals_since_best += 1
+        return improved
+
+
+class SessionClock:
+    """The run's wall time in fit(): the sessions before this one, plus this one's."""
+
+    def __init__(self) -> None:
+        self.before = 0.0
+        self.started = time.perf_counter()
+
+    def start(self, elapsed_before: float) -> None:
+        self.before, self.started = elapsed_before, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+
+class RunState:
+    """Every stateful part of a run, and the one place that saves and restores them all.
+
+    Rank 0's random streams are the single-process ones; under torchrun the checkpoint
+    holds each rank's too (``ranks``), and a resume with as many processes restores them."""
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        dist: Distributed,
+        *,
+        model: torch.nn.Module,
+        ema: WeightAverage | None,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        scaler: torch.amp.GradScaler,
+        train_loader,
+        augment: BatchAugment | None,
+        steps_per_epoch: int,
+    ) -> None:
+        self.config, self.dist = config, dist
+        self.model, self.ema = model, ema
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.train_loader, self.augment = train_loader, augment
+        self.steps_per_epoch = steps_per_epoch
+        self.progress = Progress(steps_per_epoch=steps_per_epoch)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    # --- saving --------------------------------------------------------------------------
+
+    def weights_finite(self) -> bool:
+        """Whether every parameter and buffer (and their average) is finite: one fused
+        max-norm kernel per dtype and one host sync, a small cost beside a checkpoint."""
+        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        if self.ema is not None:
+            tensors += [t for t in self.ema.module.state_dict().values() if t.is_floating_point()]
+        if not tensors:
+            return True
+        norms = torch._foreach_norm(tensors, float("inf"))  # NaN and inf propagate
+        return bool(torch.stack([norm.float() for norm in norms]).isfinite().all())
+
+    def save(self, path: Path, run_id: str | None) -> None:
+        """All ranks call it at the same step; rank 0 writes ``path``, and the others go on
+        once the file is complete (or all fail together)."""
+        ranks = self.dist.gather_to_main(self._rank_state())
+        self.dist.run_on_main(lambda: self._write(path, self._state_dict(ranks, run_id)))
+
+    def keep_epoch_copy(self, run_dir: Path) -> None:
+        """The per-epoch copy of the last checkpoint that --keep-last and --save-at ask for
+        (rank 0, which wrote it), and the pruning of older ones."""
+        config, epoch = self.config, self.progress.epoch
+        if self.dist.is_main and (config.keep_last > 0 or epoch in config.save_at):
+            checkpoint.keep_copy(run_dir, checkpoint.LAST, checkpoint.per_epoch_name(epoch))
+            checkpoint.prune_per_epoch(run_dir, config.keep_last, config.save_at)
+
+    def _rank_state(self) -> dict:
+        """What differs between ranks: their random streams."""
+        return {
+            "rng": rng_state(),
+            "augment": self.augment.state_dict() if self.augment is not None else None,
+        }
+
+    def _state_dict(self, ranks: list[dict], run_id: str | None) -> dict:
+        return {
+            "format": checkpoint.FORMAT,
+            "run_id": run_id,
+            "config": to_plain(self.config),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "loader": self.train_loader.state_dict(),
+            # Rank 0's streams, which a single process resumes with; all ranks' under torchrun.
+            **ranks[0],
+            "ranks": ranks if len(ranks) > 1 else None,
+            "progress": dataclasses.asdict(self.progress),
+        }
+
+    @staticmethod
+    def _write(path: Path, state: dict) -> None:
+        try:
+            checkpoint.save_atomic(state, path)
+        except OSError as error:
+            raise UserError(
+                f"could not write {path} ({error}); the previous checkpoint is intact. Free "
+                "space or fix permissions, then resume from it."
+            ) from error
+
+    # --- restoring -----------------------------------------------------------------------
+
+    def restore(self, saved: dict) -> list[str]:
+        """Continue from the checkpoint ``saved`` (--resume); returns notes for the log."""
+        resume = f"--resume {self.config.resume}"
+        checkpoint.load_model_state(self.model, saved["model"], resume, strict=True)
+        # Loading the states brings back the saved hyper-parameters too; the ones given now
+        # (--optim.*, --sched.*) must win, e.g. a lower --optim.lr after a divergence.
+        chosen = [
+            {key: value for key, value in group.items() if key != "params"}
+            for group in self.optimizer.param_groups
+        ]
+        if self.ema is not None:
+            checkpoint.load_model_state(
+                self.ema.module,
+                saved.get("ema") or {},
+                f"{resume} (its --ema-decay average)",
+                strict=True,
+            )
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        saved_lr = from_plain(saved["config"]).optim.lr
+        self._apply_hyperparameters(chosen, self.config.optim.lr / saved_lr)
+        if saved["scaler"]:
+            self.scaler.load_state_dict(saved["scaler"])
+        self.train_loader.load_state_dict(saved["loader"])
+        self.progress = Progress.from_saved(saved["progress"])
+        notes = self._restore_random_streams(saved)
+        if self.progress.steps_per_epoch not in (0, self.steps_per_epoch):
+            notes += self._move_schedule_to(
+                self.progress.epoch * self.steps_per_epoch
+                + self.train_loader.resume_batch // self.config.grad_accum
+            )
+        self.progress.steps_per_epoch = self.steps_per_epoch
+        if self.progress.epoch >= self.config.epochs:
+            raise UserError(
+                f"{resume}: the run has already trained {self.progress.epoch} of --epochs "
+                f"{self.config.epochs}; pass a larger --epochs (e.g. --epochs "
+                f"{self.progress.epoch + 10}) to train further."
+            )
+        return notes
+
+    def _restore_random_streams(self, saved: dict) -> list[str]:
+        ranks = saved.get("ranks") or [{"rng": saved["rng"], "augment": saved.get("augment")}]
+        if len(ranks) != self.dist.world_size:
+            # Another number of processes: the random streams cannot continue as they were;
+            # each rank keeps its fresh seeding (see the README's "Scaling out").
+            return [
+                f"resumed with {self.dist.world_size} processes, saved with {len(ranks)}: the "
+                "epoch goes on from the first unseen sample, with fresh random streams"
+            ]
+        own = ranks[self.dist.rank]
+        if self.augment is not None and own["augment"]:
+            self.augment.load_state_dict(own["augment"])
+        set_rng_state(own["rng"])
+        return []
+
+    def _move_schedule_to(self, step: int) -> list[str]:
+        """Sets a per-step schedule to ``step``: after a resume with other steps per epoch,
+        it goes on from the same fraction of the run."""
+        if self.config.sched.interval != "step":
+            return []
+        self.scheduler.last_epoch = step
+        for group, base_lr, factor in zip(
+            self.optimizer.param_groups,
+            self.scheduler.base_lrs,
+            self.scheduler.lr_lambdas,
+            strict=True,
+        ):
+            group["lr"] = base_lr * factor(step)
+        return [
+            f"{self.progress.steps_per_epoch} optimizer steps per epoch when saved, "
+            f"{self.steps_per_epoch} now: the schedule goes on from step {step}"
+        ]
+
+    def _apply_hyperparameters(self, chosen: list[dict], lr_ratio: float) -> None:
+        for group, fresh in zip(self.optimizer.param_groups, chosen, strict=True):
+            for key, value in fresh.items():
+                if key not in ("lr", "initial_lr"):
+                    group[key] = value
+        self.scale_lr(lr_ratio)
+        sched = self.config.sched
+        for name in ("factor", "patience"):  # ReduceLROnPlateau keeps these in its state
+            if hasattr(self.scheduler, name) and hasattr(sched, name):
+                setattr(self.scheduler, name, getattr(sched, name))
+
+    # --- changes while training ----------------------------------------------------------
+
+    def scale_lr(self, ratio: float) -> None:
+        """Multiply the learning rate now and everything the schedule derives it from."""
+        if ratio == 1.0:
+            return
+        for group in self.optimizer.param_groups:
+            group["lr"] *= ratio
+            if "initial_lr" in group:
+                group["initial_lr"] *= ratio
+        if hasattr(self.scheduler, "base_lrs"):
+            self.scheduler.base_lrs = [lr * ratio for lr in self.scheduler.base_lrs]
+
+    def set_lr_scale(self, scale: float) -> None:
+        """runtime.json's factor: the learning rate moves by its ratio to the last one."""
+        self.scale_lr(scale / self.progress.lr_scale)
+        self.progress.lr_scale = float(scale)
