@@ -1,4 +1,6 @@
-"""test.py's work: evaluate a run's checkpoint on a split and write its metrics and predictions."""
+"""test.py's work: evaluate a run's checkpoint on a split and write its metrics and predictions.
+
+torch, pandas and rich are imported inside the functions: test.py --help needs none."""
 
 from __future__ import annotations
 
@@ -22,12 +24,54 @@ def evaluate_run(
         )
     if options.batch_size is not None and options.batch_size < 1:
         raise UserError(f"--batch-size is {options.batch_size}; it must be at least 1.")
-    import pandas as pd
-    from rich.console import Console
-    from rich.table import Table
+    from toolbox.config.plain import from_plain
+    from toolbox.records import checkpoint
+
+    checkpoint_path = _checkpoint_path(options)
+    state = checkpoint.load_checkpoint(checkpoint_path)
+    config = from_plain(state["config"], f"the config in {checkpoint_path}")
+    if adjust_config is not None:
+        config = adjust_config(config)
+    out_dir = checkpoint_path.parent / "test"
+    averaged = options.ema and state.get("ema") is not None
+    result = _evaluate(options, config, state, str(checkpoint_path), averaged, out_dir)
+    summary = {**result.losses, **result.metrics}
+    num_samples = _write_tables(summary, result.predictions, out_dir, options.split)
+    progress = state["progress"]
+    where = f"{checkpoint_path} (epoch {progress['epoch']}, step {progress['step']}"
+    where += ", moving average of the weights)" if averaged else ")"
+    _print_summary(config, options.split, num_samples, where, summary, out_dir)
+    return out_dir
+
+
+def _checkpoint_path(options: EvaluateConfig) -> Path:
+    """The checkpoint test.py reads: the one named, or the run directory's best or last."""
+    from toolbox.records import checkpoint
+
+    path = Path(options.run)
+    if not path.is_dir():
+        return path
+    name = checkpoint.BEST if options.checkpoint == "best" else checkpoint.LAST
+    if not (path / name).is_file():
+        raise UserError(
+            f"{path} has no {name}; is it a run directory (outputs/<run>)? "
+            "A run that never evaluated has no model_best.pth.tar: use --checkpoint last."
+        )
+    return path / name
+
+
+def _evaluate(
+    options: EvaluateConfig,
+    config: TrainingConfig,
+    state: dict,
+    source: str,
+    averaged: bool,
+    out_dir: Path,
+):
+    """The checkpoint's model (or its weight average) through its evaluation step, on the
+    split; its figures, if it draws any, go to ``out_dir`` (made once the data is built)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from toolbox.config.plain import from_plain
     from toolbox.data.loaders import make_loader
     from toolbox.metrics import METRICS
     from toolbox.records import checkpoint
@@ -36,31 +80,12 @@ def evaluate_run(
     from toolbox.training.runtime import build_model, input_normalizer, resolve_device
     from toolbox.training.steps import as_steps, draw_figures
 
-    path = Path(options.run)
-    if path.is_dir():
-        name = checkpoint.BEST if options.checkpoint == "best" else checkpoint.LAST
-        checkpoint_path = path / name
-        if not checkpoint_path.is_file():
-            raise UserError(
-                f"{path} has no {name}; is it a run directory (outputs/<run>)? "
-                "A run that never evaluated has no model_best.pth.tar: use --checkpoint last."
-            )
-    else:
-        checkpoint_path = path
-    run_dir = checkpoint_path.parent
-    state = checkpoint.load_checkpoint(checkpoint_path)
-    config = from_plain(state["config"], f"the config in {checkpoint_path}")
-    if adjust_config is not None:
-        config = adjust_config(config)
-
     device = resolve_device(options.device)
     splits = config.data.build()
     info = splits.info
     model = build_model(config, info, device)
-    averaged = options.ema and state.get("ema") is not None
     weights = state["ema"] if averaged else state["model"]
-    checkpoint.load_model_state(model, weights, str(checkpoint_path), strict=True)
-    metrics = {name: METRICS.get(name)() for name in config.metrics}
+    checkpoint.load_model_state(model, weights, source, strict=True)
     loader = make_loader(
         splits.split(options.split),
         options.batch_size or config.eval_batch_size,
@@ -68,14 +93,13 @@ def evaluate_run(
         device=device,
         train=False,
     )
-    out_dir = run_dir / "test"
     out_dir.mkdir(exist_ok=True)
     steps = as_steps(model, config.loss.build().to(device), info.task == "classification")
     result = evaluate_steps(
         steps,
         loader,
         normalizer=input_normalizer(config, info, device),
-        metrics=metrics,
+        metrics={name: METRICS.get(name)() for name in config.metrics},
         device=device,
         precision=config.precision,
         keep_predictions=True,
@@ -85,24 +109,35 @@ def evaluate_run(
         with SummaryWriter(str(out_dir)) as writer:
             figures = {f"{options.split}_{name}": value for name, value in figures.items()}
             write_figures(writer, out_dir, figures, state["progress"]["epoch"])
-    summary = {**result.losses, **result.metrics}
-    pd.DataFrame([summary]).to_csv(out_dir / f"{options.split}_metrics.csv", index=False)
-    predictions = {"index": range(len(next(iter(result.predictions.values()))))}
-    for key, values in result.predictions.items():
+    return result
+
+
+def _write_tables(summary: dict, columns: dict, out_dir: Path, split: str) -> int:
+    """``<split>_metrics.csv`` (one row) and ``<split>_predictions.csv`` (one row per sample,
+    a column per value, or per output of a multi-output value); returns the samples."""
+    import pandas as pd
+
+    pd.DataFrame([summary]).to_csv(out_dir / f"{split}_metrics.csv", index=False)
+    predictions = {"index": range(len(next(iter(columns.values()))))}
+    for key, values in columns.items():
         if values.ndim == 1:
             predictions[key] = values.numpy()
         else:  # one column per output, e.g. per regression target
             for column, value in enumerate(values.flatten(1).T):
                 predictions[f"{key}_{column}"] = value.numpy()
-    pd.DataFrame(predictions).to_csv(out_dir / f"{options.split}_predictions.csv", index=False)
+    pd.DataFrame(predictions).to_csv(out_dir / f"{split}_predictions.csv", index=False)
+    return len(predictions["index"])
 
-    progress = state["progress"]
+
+def _print_summary(
+    config: TrainingConfig, split: str, num_samples: int, where: str, summary: dict, out_dir: Path
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console(highlight=False)
     console.print(
-        f"{config.arch} on {config.dataset}, {options.split} split "
-        f"({len(predictions['index']):,} samples), {checkpoint_path} "
-        f"(epoch {progress['epoch']}, step {progress['step']}"
-        f"{', moving average of the weights' if averaged else ''})"
+        f"{config.arch} on {config.dataset}, {split} split ({num_samples:,} samples), {where}"
     )
     table = Table()
     table.add_column("metric")
@@ -111,7 +146,5 @@ def evaluate_run(
         table.add_row(key, f"{value:.4f}")
     console.print(table)
     console.print(
-        f"wrote {out_dir / f'{options.split}_metrics.csv'} and "
-        f"{out_dir / f'{options.split}_predictions.csv'}"
+        f"wrote {out_dir / f'{split}_metrics.csv'} and {out_dir / f'{split}_predictions.csv'}"
     )
-    return out_dir
