@@ -10,9 +10,9 @@ import torchvision
 
 from tests.conftest import TINY
 from tests.test_datasets import write_cifar, write_mnist
+from toolbox.data import cache as data_cache
 from toolbox.data.augment import BatchAugment
 from toolbox.data.loaders import InMemoryLoader, Normalizer, make_loader
-from toolbox.datasets import _cache
 from toolbox.datasets.cifar import CIFAR10
 from toolbox.datasets.mnist import MNIST
 
@@ -60,7 +60,7 @@ def test_read_only_data_is_never_written_the_cache_goes_to_the_user_cache(tmp_pa
     write_mnist(tmp_path)
     raw = tmp_path / "MNIST" / "raw"
     user_cache = tmp_path / "user-cache"
-    monkeypatch.setattr(_cache, "USER_CACHE", user_cache)
+    monkeypatch.setattr(data_cache, "USER_CACHE", user_cache)
     raw.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)  # like ../shared
     try:
         MNIST(root=str(tmp_path), download=False).build()
@@ -136,6 +136,7 @@ def test_placement_on_cpu_keeps_batches_where_they_are():
         assert isinstance(loader, InMemoryLoader) and loader.on_device
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_pinned_placement_copies_batches_to_the_gpu():
     device = torch.device("cuda")
@@ -200,6 +201,7 @@ def test_augmentation_is_seeded_and_resumes_from_its_state():
     assert torch.equal(c(images), expected)
 
 
+@pytest.mark.slow
 def test_augmented_training_resumes_bit_exactly(train, tmp_path, monkeypatch, signal_at_step):
     from tests.test_resume import assert_same_weights, rows_without_timing
 

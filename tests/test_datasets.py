@@ -25,7 +25,8 @@ import torchvision
 
 from tests.conftest import SHARED_MNIST
 from toolbox.cli.parse import parse_training_config
-from toolbox.datasets import _cache, _files
+from toolbox.data import cache as data_cache
+from toolbox.data import files as data_files
 from toolbox.datasets.cifar import CIFAR10, CIFAR100
 from toolbox.datasets.digits import Digits
 from toolbox.datasets.mnist import MNIST, FashionMNIST
@@ -549,13 +550,13 @@ def toolbox_warnings():
 def idx_reads(monkeypatch):
     """How many IDX files have been decoded so far: 0 while a cache serves the data."""
     reads = Counter()
-    read_idx = _files.read_idx
+    read_idx = data_files.read_idx
 
     def counted(path):
         reads["files"] += 1
         return read_idx(path)
 
-    monkeypatch.setattr(_files, "read_idx", counted)
+    monkeypatch.setattr(data_files, "read_idx", counted)
     return reads
 
 
@@ -599,7 +600,7 @@ def put_the_format_1_layout(cache: Path, root: Path) -> None:
 
 def mark_as_another_format(cache: Path, root: Path) -> None:
     payload = torch.load(cache, weights_only=True)
-    torch.save({**payload, "format": _cache.CACHE_FORMAT + 1}, cache)
+    torch.save({**payload, "format": data_cache.CACHE_FORMAT + 1}, cache)
 
 
 CACHE_DAMAGE = {
@@ -653,7 +654,7 @@ def test_cache_laid_out_otherwise_than_expected_is_logged_and_rebuilt(tmp_path, 
     source.write_bytes(b"raw data")
     per_sample = {"input": (torch.uint8, (1, 28, 28)), "target": (torch.int64, ())}
     expected = {"train": per_sample, "test": per_sample}
-    _cache.load_or_decode("mnist", tmp_path, [source], lambda: splits_of(torch.int32))
+    data_cache.load_or_decode("mnist", tmp_path, [source], lambda: splits_of(torch.int32))
 
     decodes = []
 
@@ -661,7 +662,7 @@ def test_cache_laid_out_otherwise_than_expected_is_logged_and_rebuilt(tmp_path, 
         decodes.append(1)
         return splits_of(torch.int64)
 
-    loaded = _cache.load_or_decode("mnist", tmp_path, [source], decode, expected)
+    loaded = data_cache.load_or_decode("mnist", tmp_path, [source], decode, expected)
     assert decodes == [1] and loaded["train"]["target"].dtype == torch.int64
     assert len(toolbox_warnings) == 1
     assert (
@@ -670,7 +671,7 @@ def test_cache_laid_out_otherwise_than_expected_is_logged_and_rebuilt(tmp_path, 
     )
 
     toolbox_warnings.clear()
-    again = _cache.load_or_decode("mnist", tmp_path, [source], decode, expected)
+    again = data_cache.load_or_decode("mnist", tmp_path, [source], decode, expected)
     assert decodes == [1] and toolbox_warnings == []
     assert torch.equal(again["test"]["target"], loaded["test"]["target"])
 
@@ -818,6 +819,7 @@ def require_real_mnist() -> None:
         pytest.skip(message)
 
 
+@pytest.mark.slow
 def test_one_epoch_mlp_on_the_real_mnist_reaches_095(train, evaluate, tmp_path):
     require_real_mnist()
     before = snapshot(SHARED_MNIST)
@@ -831,6 +833,7 @@ def test_one_epoch_mlp_on_the_real_mnist_reaches_095(train, evaluate, tmp_path):
     assert snapshot(SHARED_MNIST) == before, "the shared MNIST folder was written to"
 
 
+@pytest.mark.slow
 def test_real_mnist_splits_and_normalisation():
     require_real_mnist()
     splits = MNIST(root=str(SHARED_MNIST), download=False).build()
