@@ -695,6 +695,7 @@ def words(text: str) -> str:
     return " ".join(re.sub(r"[╭╮╰╯│─]+|-{3,}", " ", text).split())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("script", "argv", "expect"), SUBPROCESS_CASES)
 def test_entry_points_exit_like_the_in_process_calls(
     capsys, train, evaluate, files, script, argv, expect

@@ -88,6 +88,7 @@ def _check_consistent(path: Path) -> int:
     return version
 
 
+@pytest.mark.slow
 def test_kill_9_during_writes_leaves_the_previous_checkpoint_loadable(tmp_path):
     # About 100 MB: four 24 MiB tensors, so that one write takes a measurable time.
     tensors = [torch.zeros(6 * 2**20) for _ in range(4)]
@@ -257,6 +258,7 @@ def test_stale_temporaries_of_every_record_are_removed_and_nothing_else(tmp_path
     assert {entry.name for entry in tmp_path.iterdir() if entry.is_file()} == keep
 
 
+@pytest.mark.slow
 def test_the_atomic_write_and_the_background_drawer_import_no_torch():
     import subprocess
     import sys
@@ -532,6 +534,7 @@ def test_init_from_trains_a_new_head(source_run, train, tmp_path):
 # --- 6. compiled and uncompiled checkpoints ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_checkpoints_move_between_compiled_and_uncompiled_runs(run_copy, train):
     path = run_copy / "checkpoint.pth.tar"
     # An uncompiled run's checkpoint continues compiled...

@@ -244,6 +244,7 @@ def test_evaluation_step_is_deterministic_given_the_global_rng():
     assert first.losses["loss"].item() == pytest.approx(first.outputs["loss"].mean().item())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_figures_are_a_fixed_grid_in_the_unit_range_that_leave_the_rng_alone(sampler):
     model = tiny_model(sampler=sampler).eval()
@@ -283,6 +284,7 @@ def test_checkpoint_holds_only_the_network():
 # --- The config ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_config_module_does_not_import_torch():
     code = "import sys, toolbox.models.ddpm; print('torch' in sys.modules)"
     result = subprocess.run(

@@ -152,6 +152,7 @@ def rows(run_dir: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in csv.DictReader(file)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loader", ["memory", "dataloader"])
 def test_two_processes_train_like_one_with_twice_the_batch(train, tmp_path, loader):
     """2 processes x batch 8, accumulating 2 batches per step, end with the weights and
@@ -176,6 +177,7 @@ def test_two_processes_train_like_one_with_twice_the_batch(train, tmp_path, load
     assert "distributed: 2 processes (gloo); batch size 8 per process, 16 in all" in log
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_rank_stops_all_after_the_same_step_and_resume_is_exact(tmp_path):
     """SIGTERM reaches rank 1 only; every rank stops after the same step, rank 0 saves, and
     `--resume auto` under torchrun ends exactly where an uninterrupted run does."""
@@ -203,6 +205,7 @@ def test_sigterm_to_one_rank_stops_all_after_the_same_step_and_resume_is_exact(t
     assert rows(tmp_path / "stopped") == rows(tmp_path / "whole")
 
 
+@pytest.mark.slow
 def test_resume_with_another_number_of_processes(train, tmp_path):
     common = [*SMALL, "--batch-size", "8", "--output-dir", str(tmp_path), "--run-name", "run"]
     started = torchrun(*common, "--epochs", "1")
@@ -221,6 +224,7 @@ def test_resume_with_another_number_of_processes(train, tmp_path):
     assert float(final[-1]["lr"]) == 0.0
 
 
+@pytest.mark.slow
 def test_a_killed_rank_ends_the_job_with_a_clear_message(tmp_path):
     launcher = torchrun(*LONG, "--epochs", "500", "--output-dir", str(tmp_path), wait=False)
     run_dir = None
@@ -239,6 +243,7 @@ def test_a_killed_rank_ends_the_job_with_a_clear_message(tmp_path):
     assert "[rank0]: Traceback" not in output
 
 
+@pytest.mark.slow
 def test_a_hung_rank_times_out_after_dist_timeout(tmp_path):
     """A rank that stops answering (SIGSTOP: alive, so torchrun does not notice) makes the
     others give up at their next collective after --dist-timeout."""
@@ -260,6 +265,7 @@ def test_a_hung_rank_times_out_after_dist_timeout(tmp_path):
     assert "did not answer within --dist-timeout 3 s" in output
 
 
+@pytest.mark.slow
 def test_a_bad_device_under_torchrun_is_a_message_naming_the_rank(tmp_path):
     result = torchrun(*SMALL, "--device", "cuda:1", "--output-dir", str(tmp_path))
     assert result.returncode != 0

@@ -18,6 +18,9 @@ import pytest
 
 from tests.conftest import REPO
 
+# Every test here starts train.py / test.py processes (the examples as users run them).
+pytestmark = pytest.mark.slow
+
 EXAMPLES = sorted((REPO / "examples").glob("*.py"))
 
 

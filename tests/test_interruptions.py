@@ -86,6 +86,7 @@ def live_run(tmp_path):
         process.wait()
 
 
+@pytest.mark.slow
 def test_a_second_process_cannot_resume_a_live_run(live_run, train, capsys):
     process, run_dir = live_run
     sessions = json.loads((run_dir / "run.json").read_text())["sessions"]
@@ -104,6 +105,7 @@ def test_a_second_process_cannot_resume_a_live_run(live_run, train, capsys):
     assert _state(checkpoint)["config"]["epochs"] == 50  # not the second process's 80
 
 
+@pytest.mark.slow
 def test_resume_auto_started_twice_leaves_the_live_run_alone(live_run, train, capsys):
     process, run_dir = live_run
     argv = ["--output-dir", str(run_dir.parent), "--run-name", "live", "--resume", "auto"]
@@ -114,6 +116,7 @@ def test_resume_auto_started_twice_leaves_the_live_run_alone(live_run, train, ca
     _stop(process)
 
 
+@pytest.mark.slow
 def test_the_same_run_name_is_refused_while_its_first_attempt_lives(tmp_path, train, capsys):
     """Before its first checkpoint a live run must not be mistaken for a dead attempt."""
     run_dir = tmp_path / "outputs" / "early"
@@ -126,6 +129,7 @@ def test_the_same_run_name_is_refused_while_its_first_attempt_lives(tmp_path, tr
     _stop(process)
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_kill_9_is_resumable_at_once(live_run, train):
     process, run_dir = live_run
     process.kill()
@@ -295,6 +299,7 @@ def test_a_runaway_step_never_writes_non_finite_weights(train, tmp_path, capsys)
 # --- runtime.json --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "value", ["Infinity", "NaN", "1e400", "1e-320", "-1", "0", '"2"', "true", "5000"]
 )

@@ -126,6 +126,7 @@ def test_components_with_torch_code_are_subpackages_not_private_siblings():
     assert not private, private
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", ["toolbox.cli", "toolbox.config"])
 def test_the_command_line_and_config_layers_import_no_torch(layer):
     modules = sorted(module for module in MODULES if module.startswith(layer))

@@ -9,12 +9,16 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.test_distributed import torchrun
 from tests.test_resume import assert_same_weights, rows_without_timing
+
+# Every test here trains a ddpm or 40 epochs of regression, or starts torchrun.
+pytestmark = pytest.mark.slow
 
 # A tiny diffusion model on the 8x8 digits: a second or two per run.
 DDPM = [

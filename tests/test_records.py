@@ -480,6 +480,7 @@ def test_a_resume_drops_the_row_a_killed_append_cut_short(train, tmp_path, torn_
     assert not list(run_dir.glob("metrics.csv.*"))  # nothing of value to keep aside
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage",
     [

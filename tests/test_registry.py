@@ -323,6 +323,7 @@ def test_one_new_file_adds_a_model(tmp_path, monkeypatch, layout):
 # --- Listing names stays light ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_listing_every_registry_imports_neither_torch_nor_private_modules():
     script = textwrap.dedent(
         """

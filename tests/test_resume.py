@@ -74,6 +74,7 @@ def test_stopping_mid_epoch_and_resuming_is_bit_exact(
     assert rows_without_timing(outputs / "straight") == rows_without_timing(stopped)
 
 
+@pytest.mark.slow
 def test_stopping_at_an_epoch_end_resumes_at_the_next_epoch(
     train, tmp_path, monkeypatch, signal_at_step
 ):
@@ -143,6 +144,7 @@ LONG = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_real_signal_saves_the_position_and_exits_with_its_code(tmp_path, signum):
     run_dir = tmp_path / "run"
@@ -157,6 +159,7 @@ def test_a_real_signal_saves_the_position_and_exits_with_its_code(tmp_path, sign
     assert state["progress"]["step"] >= 40 and state["loader"]["next_batch"] > 0
 
 
+@pytest.mark.slow
 def test_kill_9_between_periodic_checkpoints_resumes_to_the_same_result(train, tmp_path):
     """--checkpoint-every-steps: a process killed without warning loses at most K steps,
     and the resumed run ends exactly where the uninterrupted one does."""
@@ -274,6 +277,7 @@ def per_epoch_files(run_dir: Path) -> list[str]:
     return sorted(path.name for path in run_dir.glob("checkpoint_e*.pth.tar"))
 
 
+@pytest.mark.slow
 def test_keep_last_prunes_and_keypoints_stay_across_resume(train, tmp_path):
     argv = [*TINY, "--keep-last", "2", "--save-at", "1", "3", "--run-name", "run"]
     assert train(*argv, "--epochs", "5") == 0
@@ -297,6 +301,7 @@ def test_keep_last_prunes_and_keypoints_stay_across_resume(train, tmp_path):
     assert train("--resume", str(run_dir / "checkpoint_e3.pth.tar"), "--epochs", "4") == 0
 
 
+@pytest.mark.slow
 def test_a_resumed_run_never_overwrites_a_better_best_checkpoint(train, tmp_path):
     assert train(*TINY, "--epochs", "3", "--run-name", "run") == 0
     run_dir = tmp_path / "outputs" / "run"
@@ -326,6 +331,7 @@ def test_deterministic_runs_repeat_exactly(train, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_named_losses_resumes_exactly(train, tmp_path, signal_at_step):
     # Checkpoints written before models had their own steps kept one epoch_loss_sum and no
     # "ema" entry; such a run must still continue, to the same result.
@@ -359,6 +365,7 @@ AUGMENTED = [
 STEPS_PER_EPOCH = 9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loader", ["memory", "dataloader"])
 def test_several_stops_inside_one_epoch_resume_bit_exact(
     train, tmp_path, monkeypatch, signal_at_step, loader
@@ -383,6 +390,7 @@ def test_several_stops_inside_one_epoch_resume_bit_exact(
     assert rows_without_timing(outputs / "straight") == rows_without_timing(outputs / "stopped")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loader", ["memory", "dataloader"])
 def test_a_periodic_checkpoint_after_a_mid_epoch_resume_resumes_bit_exact(
     train, tmp_path, monkeypatch, signal_at_step, loader

@@ -191,11 +191,13 @@ def test_the_runs_table_lists_every_status_newest_first(mixed_runs, capsys):
     assert "5 runs" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_failed_and_interrupted_runs_say_why(mixed_runs):
     assert "non-finite" in record(mixed_runs / "failed")["error"]
     assert "SIGTERM" in record(mixed_runs / "interrupted")["stop_reason"]
 
 
+@pytest.mark.slow
 def test_runs_show_diff_and_which(mixed_runs, capsys):
     assert runs("show", str(mixed_runs / "finished")) == 0
     shown = capsys.readouterr().out
@@ -236,6 +238,7 @@ def finished_run(train, tmp_path) -> Path:
     return tmp_path / "outputs" / "sound"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(DAMAGED_RECORDS))
 def test_resuming_over_a_damaged_run_json_keeps_it_aside_and_the_run_id(
     finished_run, train, damage

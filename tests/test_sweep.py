@@ -123,6 +123,7 @@ def test_interrupted_sweep_run_again_finishes_only_what_is_missing(
     assert table["std"][0] == pytest.approx(statistics.stdev(values))
 
 
+@pytest.mark.slow
 def test_a_run_stopped_after_its_last_step_counts_as_finished(train, tmp_path, monkeypatch):
     args = [*TINY, "--sweep", "seed=0,1", "--run-name", "late"]
     sweep = tmp_path / "outputs" / "late"
@@ -148,6 +149,7 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(train, tmp_path, capsys)
     assert "validation split of 'synthetic' is empty" in err
 
 
+@pytest.mark.slow
 def test_a_sweep_run_again_over_damaged_records_carries_on(train, tmp_path, capsys):
     args = [*TINY, "--sweep", "seed=0,1,2", "--run-name", "hurt"]
     assert train(*args) == 0

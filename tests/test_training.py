@@ -95,6 +95,7 @@ def test_tensorboard_reader_opens_the_events(run_dir):
     )
 
 
+@pytest.mark.slow
 def test_resume_continues_the_run_and_matches_training_straight_through(train, tmp_path):
     # A schedule that does not depend on --epochs, so 2 + 2 epochs and 4 follow one curve.
     schedule = ["--scheduler", "step", "--sched.step-epochs", "1", "--sched.gamma", "0.7"]
@@ -196,6 +197,7 @@ def test_regression_trains_and_writes_prediction_columns(train, evaluate, tmp_pa
     ]
 
 
+@pytest.mark.slow
 def test_default_digits_run_reaches_093_test_accuracy(train, evaluate, tmp_path):
     """The README's first command: the defaults, mlp on digits."""
     assert train("--run-name", "digits", "--device", "cpu") == 0
@@ -307,6 +309,7 @@ def test_gradient_accumulation_equals_the_larger_batch(train, tmp_path):
         torch.testing.assert_close(acc["model"][key], value, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_model_checkpoints_load_uncompiled(train, evaluate, tmp_path):
     assert train(*TINY, "--compile", "--run-name", "compiled") == 0
     run_dir = tmp_path / "outputs" / "compiled"

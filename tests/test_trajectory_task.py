@@ -137,6 +137,7 @@ def centre_error_m(split: dict[str, torch.Tensor]) -> float:
     return (torch.where(interior, errors, 0).sum(1) / interior.sum(1)).mean().item()
 
 
+@pytest.mark.slow
 def test_a_short_run_learns_to_beat_the_centre_and_test_py_writes_its_errors(
     train, evaluate, tmp_path, splits
 ):
@@ -176,6 +177,7 @@ def test_a_short_run_learns_to_beat_the_centre_and_test_py_writes_its_errors(
 # --- The config ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_config_module_does_not_import_torch():
     code = "import sys, toolbox.models.trajectory; print('torch' in sys.modules)"
     result = subprocess.run(
