@@ -203,6 +203,13 @@ def test_background_plotter_draws_in_a_child_process(long_csv, tmp_path, monkeyp
     assert not plotter.update(force=True) and plotter.finish()  # nothing new to draw
 
 
+def test_only_rank_0_starts_a_drawer(monkeypatch):
+    monkeypatch.setenv("RANK", "1")  # torchrun's other ranks draw nothing
+    assert not curves.start_drawer()
+    monkeypatch.setenv("RANK", "0")
+    assert curves.start_drawer()
+
+
 def test_background_plotter_logs_a_failure_once(tmp_path):
     import logging
 

@@ -215,8 +215,13 @@ def warm_up() -> None:
 def start_drawer() -> bool:
     """Start this process's background drawer now, if it is not running: the child process
     that ``CurvesPlotter(background=True)`` sends its drawings to. Call it as early as
-    possible (before the data and the model are built), so that it imports matplotlib while
-    they are. True when it runs; it never raises (without it, plotters draw in-process)."""
+    possible, once the run is sure to start (after parsing, before torch is imported and the
+    data and model are built): it then imports matplotlib on another core while this process
+    is busy with single-threaded work, not while it trains. Torch-free, a few milliseconds,
+    idempotent; under torchrun only rank 0 (``RANK``) starts one, since only it draws. True
+    when it runs; it never raises (without it, plotters draw in-process)."""
+    if os.environ.get("RANK", "0") != "0":
+        return False
     return background_worker(__name__) is not None
 
 
