@@ -203,6 +203,17 @@ def test_background_plotter_draws_in_a_child_process(long_csv, tmp_path, monkeyp
     assert not plotter.update(force=True) and plotter.finish()  # nothing new to draw
 
 
+def test_plotters_draw_their_files_from_any_working_directory(long_csv, tmp_path, monkeypatch):
+    assert curves.start_drawer()  # in the tests' working directory, not tmp_path
+    monkeypatch.chdir(tmp_path)
+    plotter = curves.CurvesPlotter("metrics.csv", "curves.png", background=True)
+    here = curves.CurvesPlotter("metrics.csv", "here.png")
+    monkeypatch.chdir(tmp_path.parent)
+    assert plotter.update(force=True) and plotter.finish()
+    assert here.update(force=True) and here.finish()
+    assert check_png(tmp_path / "curves.png") == check_png(tmp_path / "here.png") == (600, 2070)
+
+
 def test_only_rank_0_starts_a_drawer(monkeypatch):
     monkeypatch.setenv("RANK", "1")  # torchrun's other ranks draw nothing
     assert not curves.start_drawer()

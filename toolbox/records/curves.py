@@ -264,6 +264,11 @@ class CurvesPlotter:
         self.current = False
         """Whether the last drawing finished wrote ``png``."""
         self._worker = background_worker(__name__) if background else None
+        # The files it was made for, wherever the working directory goes (the drawer's stays
+        # where it started).
+        self._absolute = (self.metrics_csv.absolute(), self.png.absolute())
+        if self.title is None:
+            self.title = self._absolute[0].resolve().parent.name  # as write_curves' default
         self._pending: list[int] = []
         self._drawn: tuple[int, int, int] | None = None  # metrics.csv when last drawn
         self._lost = False  # a drawing was sent to a drawer that died
@@ -277,15 +282,19 @@ class CurvesPlotter:
         if not force and started - self.last_drawn < wait:
             return False
         state = self._csv_state()
-        if state is not None and state == self._drawn and (self._pending or self.png.exists()):
+        if (
+            state is not None
+            and state == self._drawn
+            and (self._pending or self._absolute[1].exists())
+        ):
             return False  # drawn from this very table already
         if self._worker is not None:
             if self._pending and not force:
                 return False  # the last one is still being drawn
             number = self._worker.submit(
                 "write_curves",
-                metrics_csv=str(self.metrics_csv),
-                png=str(self.png),
+                metrics_csv=str(self._absolute[0]),
+                png=str(self._absolute[1]),
                 title=self.title,
                 higher_is_better=self.directions,
             )
@@ -296,7 +305,7 @@ class CurvesPlotter:
             self._worker = None  # its process is gone: draw here from now on
         try:
             written = write_curves(
-                self.metrics_csv, self.png, title=self.title, higher_is_better=self.directions
+                *self._absolute, title=self.title, higher_is_better=self.directions
             )
         except Exception as error:  # reported once, never fatal
             self._failed(str(error))
@@ -349,7 +358,7 @@ class CurvesPlotter:
 
     def _csv_state(self) -> tuple[int, int, int] | None:
         try:
-            status = os.stat(self.metrics_csv)
+            status = os.stat(self._absolute[0])
         except OSError:
             return None
         return status.st_ino, status.st_size, status.st_mtime_ns
