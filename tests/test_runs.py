@@ -433,3 +433,21 @@ def test_a_run_draws_its_curves_and_gives_tensorboard_the_extras(train, tmp_path
     assert [e.step for e in events.Histograms(tags["histograms"][0])] == [1, 2]
     assert events.PluginTagToContent("hparams")  # the run's hyper-parameters and metrics
     assert not list(run_dir.glob(".*tmp*"))
+
+
+def test_a_run_draws_its_curves_in_the_background_and_waits_for_the_last(
+    train, tmp_path, monkeypatch
+):
+    from matplotlib.figure import Figure
+
+    def here(*args, **kwargs):
+        raise AssertionError("curves.png drawn on the trainer's thread")
+
+    monkeypatch.setattr(Figure, "savefig", here)  # the child process has its own matplotlib
+    assert train(*TINY, "--epochs", "3", "--run-name", "drawn") == 0
+    run_dir = tmp_path / "outputs" / "drawn"
+    png = run_dir / "curves.png"
+    # Complete when fit returns, and drawn from the whole table: newer than its last row.
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_mtime_ns >= (run_dir / "metrics.csv").stat().st_mtime_ns
+    assert not list(run_dir.glob(".*tmp*"))

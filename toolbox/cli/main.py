@@ -56,8 +56,12 @@ def _train_or_sweep(argv: list[str], program: str, test_program: tuple[str, ...]
 
         return run_sweep(argv, train_main, program, test_program)
     from toolbox.cli.parse import parse_training_config
+    from toolbox.records import curves
 
     config = parse_training_config(argv, prog=program)
+    # The run will start: the drawer imports matplotlib on the other core while this process
+    # imports torch and builds the data and the model.
+    curves.start_drawer()
     from toolbox.training import distributed
     from toolbox.training.trainer import Trainer
 

@@ -198,7 +198,7 @@ class Recorder(NullRecorder):
                 sink.figures(figures, epoch)
 
     def end_of_run(self) -> None:
-        self.plotter.update(force=True)
+        self.redraw_curves()
         progress = self.state.progress
         final = {**self.last_values, f"best_{self.config.monitor}": progress.best_value}
         final = {key: value for key, value in final.items() if value is not None}
@@ -206,9 +206,13 @@ class Recorder(NullRecorder):
             sink.end_of_run(to_plain(self.config), final, progress.epoch)
 
     def redraw_curves(self) -> None:
+        """Draw curves.png from the whole table and wait for it: once the run is recorded
+        as ended, its picture is complete."""
         self.plotter.update(force=True)
+        self.plotter.finish()
 
     def close(self) -> None:
+        self.plotter.finish()  # a failed run's last drawing, if one is still on its way
         for sink in self.sinks:
             sink.close()
 
@@ -248,6 +252,7 @@ def open_recorder(
         run_dir / curves.CURVES,
         title=run_dir.name,
         higher_is_better={name: metric.higher_is_better for name, metric in parts.metrics.items()},
+        background=True,  # drawn in a child process: the loop pays one line on a pipe
     )
     splits = parts.splits
     info = splits.info
