@@ -79,16 +79,6 @@ def holder(run_dir: Path) -> dict | None:
     return None
 
 
-def refuse_if_held(run_dir: Path, purpose: str) -> None:
-    """A UserError naming the live process when one holds ``run_dir``."""
-    owner = holder(run_dir)
-    if owner is not None:
-        raise UserError(
-            f"{purpose}: {run_dir} is in use by another live process ({describe(owner)}); "
-            "wait for it to end, or stop it (a SIGTERM saves its position), then run this again."
-        )
-
-
 def describe(owner: dict | None) -> str:
     if not owner:
         return "its pid is not recorded"

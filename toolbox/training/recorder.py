@@ -147,7 +147,8 @@ class Recorder(NullRecorder):
         for sink in self.sinks:
             sink.evaluation(row)
         self.last_values = {key: value for key, value in row.items() if key.startswith("val_")}
-        self.plotter.update()
+        # The last epoch's drawing starts now, while the last checkpoints are written.
+        self.plotter.update(force=row["epoch"] >= self.config.epochs)
         values = {key: value for key, value in row.items() if key.startswith(("train_", "val_"))}
         self.logger.info(
             "epoch %d/%d %s lr %.3g%s",
