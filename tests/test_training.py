@@ -222,6 +222,16 @@ def test_training_options_run_and_learn(train, tmp_path, argv):
     assert float(rows[-1]["val_accuracy"]) > 0.3  # 10 classes: chance is 0.1
 
 
+def test_a_run_ends_its_dataloader_workers_when_it_ends(train, tmp_path):
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    argv = ["--data.loader", "dataloader", "--num-workers", "2", "--run-name", "w"]
+    assert train(*TINY, *argv) == 0
+    # Left to the garbage collector, they lived on and a later gc.collect() waited ~15 s.
+    assert set(multiprocessing.active_children()) - before == set()
+
+
 @pytest.fixture
 def linear_output_dtypes():
     """The dtype of every nn.Linear output computed while the test runs (a global hook)."""

@@ -70,7 +70,7 @@ class Trainer:
         try:
             self._set_up(config)
         except BaseException:
-            self._release_run_dir()
+            self._release()
             raise
 
     def _set_up(self, config: TrainingConfig) -> None:
@@ -142,7 +142,12 @@ class Trainer:
         run_dir, self.lock = new_run_dir(self.config)
         return run_dir
 
-    def _release_run_dir(self) -> None:
+    def _release(self) -> None:
+        """The run directory's lock and the loaders' worker processes, once fit() ends (or
+        the set-up failed: then only what it got to)."""
+        if hasattr(self, "val_loader"):  # set after the state, which holds the train loader
+            for loader in (self.state.train_loader, self.val_loader):
+                loader.close()
         if self.lock is not None:
             self.lock.release()
             self.lock = None
@@ -158,7 +163,7 @@ class Trainer:
             with watch_stop_signals() as self.stopper.signals:
                 return self._fit()
         finally:
-            self._release_run_dir()
+            self._release()
 
     def _fit(self) -> Path:
         progress = self.state.progress
