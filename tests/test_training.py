@@ -137,14 +137,40 @@ def test_resume_refuses_options_fixed_by_the_checkpoint(capsys, train, run_dir):
     assert "already trained 3 of --epochs 3" in capsys.readouterr().err
 
 
+def test_predictions_name_each_sample_and_its_classes():
+    from toolbox.datasets import DatasetInfo, DatasetSplits
+    from toolbox.training.testing import _named
+
+    info = DatasetInfo("classification", (2,), 2, class_names=("cat", "grey dog"))
+    samples = {"input": torch.zeros(3, 2), "target": torch.tensor([0, 1, 1])}
+    splits = DatasetSplits(
+        info, samples, samples, samples, sources={"test": ["a.png", "b/c.png", "d.png"]}
+    )
+    columns = {"target": torch.tensor([0, 1, 1]), "prediction": torch.tensor([1, 1, 0])}
+    columns["probability"] = torch.tensor([0.5, 0.9, 0.7])
+    named = _named(columns, splits, "test")
+    assert list(named) == [
+        *("path", "target", "target_name", "prediction", "prediction_name", "probability")
+    ]
+    assert named["path"] == ["a.png", "b/c.png", "d.png"]
+    assert named["target_name"] == ["cat", "grey dog", "grey dog"]
+    assert named["prediction_name"] == ["grey dog", "grey dog", "cat"]
+    assert "path" not in _named(columns, splits, "val")  # no sources recorded for it
+
+
 def test_test_py_writes_metrics_and_predictions(evaluate, run_dir, capsys):
     assert evaluate(str(run_dir)) == 0
     shown = capsys.readouterr().out
     metrics = pd.read_csv(run_dir / "test" / "test_metrics.csv")
     assert list(metrics.columns) == ["loss", "accuracy", "top5"] and len(metrics) == 1
     predictions = pd.read_csv(run_dir / "test" / "test_predictions.csv")
-    assert list(predictions.columns) == ["index", "target", "prediction", "loss", "probability"]
+    assert list(predictions.columns) == [
+        *("index", "target", "target_name", "prediction", "prediction_name"),
+        *("loss", "probability"),
+    ]
     assert len(predictions) == 64
+    # synthetic's classes are named by their numbers
+    assert (predictions["prediction_name"] == predictions["prediction"]).all()
     # The summary is exact: it agrees with the per-sample rows.
     assert metrics["accuracy"][0] == pytest.approx(
         (predictions["target"] == predictions["prediction"]).mean()

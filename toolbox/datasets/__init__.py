@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from toolbox.component import Component, free_on_resume
@@ -63,6 +63,12 @@ class DatasetSplits:
     train: dict[str, torch.Tensor]
     val: dict[str, torch.Tensor]
     test: dict[str, torch.Tensor]
+    sources: dict[str, list[str]] = field(default_factory=dict)
+    """Per split, where each of its samples came from, in the split's order (a file path
+    relative to the dataset's root, a table's row number): test.py's predictions name them.
+    Splits without an entry are named by their position alone."""
+    source_column: str = "path"
+    """The predictions column ``sources`` fill, e.g. ``path`` or ``row``."""
 
     def split(self, name: str) -> dict[str, torch.Tensor]:
         return {"train": self.train, "val": self.val, "test": self.test}[name]

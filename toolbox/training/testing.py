@@ -34,9 +34,10 @@ def evaluate_run(
         config = adjust_config(config)
     out_dir = checkpoint_path.parent / "test"
     averaged = options.ema and state.get("ema") is not None
-    result = _evaluate(options, config, state, str(checkpoint_path), averaged, out_dir)
+    result, splits = _evaluate(options, config, state, str(checkpoint_path), averaged, out_dir)
     summary = {**result.losses, **result.metrics}
-    num_samples = _write_tables(summary, result.predictions, out_dir, options.split)
+    columns = _named(result.predictions, splits, options.split)
+    num_samples = _write_tables(summary, columns, out_dir, options.split)
     progress = state["progress"]
     where = f"{checkpoint_path} (epoch {progress['epoch']}, step {progress['step']}"
     where += ", moving average of the weights)" if averaged else ")"
@@ -69,7 +70,8 @@ def _evaluate(
     out_dir: Path,
 ):
     """The checkpoint's model (or its weight average) through its evaluation step, on the
-    split; its figures, if it draws any, go to ``out_dir`` (made once the data is built)."""
+    split, and the dataset's splits; its figures, if it draws any, go to ``out_dir`` (made
+    once the data is built)."""
     from torch.utils.tensorboard import SummaryWriter
 
     from toolbox.data.loaders import make_loader
@@ -109,7 +111,23 @@ def _evaluate(
         with SummaryWriter(str(out_dir)) as writer:
             figures = {f"{options.split}_{name}": value for name, value in figures.items()}
             write_figures(writer, out_dir, figures, state["progress"]["epoch"])
-    return result
+    return result, splits
+
+
+def _named(columns: dict, splits, split: str) -> dict:
+    """The per-sample columns with what names them: each sample's source (file path or
+    row, where the dataset records it) first, and beside a class target and prediction
+    the class names."""
+    count = len(next(iter(columns.values()))) if columns else 0
+    sources = splits.sources.get(split)
+    named = {splits.source_column: sources} if sources and len(sources) == count else {}
+    class_names = splits.info.class_names
+    for key, values in columns.items():
+        named[key] = values
+        labels = key in ("target", "prediction") and values.ndim == 1
+        if labels and class_names and not values.is_floating_point():
+            named[f"{key}_name"] = [class_names[i] for i in values.tolist()]
+    return named
 
 
 def _write_tables(summary: dict, columns: dict, out_dir: Path, split: str) -> int:
@@ -120,7 +138,9 @@ def _write_tables(summary: dict, columns: dict, out_dir: Path, split: str) -> in
     pd.DataFrame([summary]).to_csv(out_dir / f"{split}_metrics.csv", index=False)
     predictions = {"index": range(len(next(iter(columns.values()))))}
     for key, values in columns.items():
-        if values.ndim == 1:
+        if not hasattr(values, "ndim"):  # names: a list of strings
+            predictions[key] = values
+        elif values.ndim == 1:
             predictions[key] = values.numpy()
         else:  # one column per output, e.g. per regression target
             for column, value in enumerate(values.flatten(1).T):
