@@ -147,7 +147,7 @@ FIXED_TRAINING_OPTIONS = {
     "run_name",
 }
 FREE_MODEL_OPTIONS = {"ddpm": {"sampler", "sample_steps", "ddim_eta", "num_samples"}}
-FREE_DATA_OPTIONS = {"root", "download", "loader", "placement", "cache"}
+FREE_DATA_OPTIONS = {"root", "path", "download", "loader", "placement", "cache"}
 
 
 def test_the_fixed_training_options_are_those_marked_fixed():

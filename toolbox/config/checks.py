@@ -72,7 +72,10 @@ def problems(config: TrainingConfig) -> list[str]:
         found.extend(getattr(config, slot).problems())
 
     task = config.data.task
-    if task not in config.loss.tasks and not config.model.own_steps:
+    # A dataset that learns its task from its files ("auto") before it is given any has
+    # nothing to check against: its own problems, or build(), say what is missing.
+    known = task in ("classification", "regression")
+    if known and task not in config.loss.tasks and not config.model.own_steps:
         found.append(
             f"--criterion {config.criterion} does not apply to the {task} dataset "
             f"{config.dataset!r}; use one of: "
@@ -80,7 +83,7 @@ def problems(config: TrainingConfig) -> list[str]:
             + "."
         )
     for name in config.metrics:
-        if task not in METRICS.get(name).tasks:
+        if known and task not in METRICS.get(name).tasks:
             found.append(
                 f"--metrics {name} does not apply to the {task} dataset {config.dataset!r}; "
                 "use some of: "
