@@ -238,3 +238,24 @@ def test_folders_that_are_not_image_folders_exit_2(train, tmp_path, capsys, layo
 def test_train_py_without_a_root_says_the_root_is_missing(train, capsys):
     assert train("--dataset", "folder") == 2
     assert "--data.root is not given" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("loader", ["memory", "dataloader"])
+def test_a_folder_run_stopped_mid_epoch_resumes_exactly(
+    train, tmp_path, monkeypatch, signal_at_step, loader
+):
+    from tests.test_resume import assert_same_weights, rows_without_timing
+
+    root = tmp_path / "images"
+    write_images(root, count=30)
+    argv = ["--dataset", "folder", "--data.root", str(root), "--data.image-size", "8"]
+    argv += ["--arch", "cnn", "--data.augment", "crop_flip", "--batch-size", "8"]
+    argv += ["--device", "cpu", "--epochs", "2", "--data.loader", loader]
+    assert train(*argv, "--run-name", "straight") == 0
+    signal_at_step(11)  # in the second epoch of 9 steps
+    assert train(*argv, "--run-name", "stopped") == 143
+    monkeypatch.undo()
+    stopped = tmp_path / "outputs" / "stopped"
+    assert train("--resume", str(stopped / "checkpoint.pth.tar")) == 0
+    assert_same_weights(tmp_path / "outputs" / "straight", stopped)
+    assert rows_without_timing(tmp_path / "outputs" / "straight") == rows_without_timing(stopped)
