@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from toolbox.data import cache as data_cache
@@ -259,3 +260,22 @@ def test_a_folder_run_stopped_mid_epoch_resumes_exactly(
     assert train("--resume", str(stopped / "checkpoint.pth.tar")) == 0
     assert_same_weights(tmp_path / "outputs" / "straight", stopped)
     assert rows_without_timing(tmp_path / "outputs" / "straight") == rows_without_timing(stopped)
+
+
+@pytest.mark.slow
+def test_a_folder_trains_under_torchrun_like_one_process_with_twice_the_batch(train, tmp_path):
+    from tests.test_distributed import torchrun, weights
+
+    root = tmp_path / "images"
+    write_images(root, count=30)
+    common = ["--dataset", "folder", "--data.root", str(root), "--data.image-size", "8"]
+    # No dropout: its masks differ between two ranks and one process.
+    common += ["--arch", "mlp", "--model.dropout", "0", "--device", "cpu", "--epochs", "2"]
+    common += ["--grad-accum", "2"]
+    common += ["--output-dir", str(tmp_path)]
+    two = torchrun(*common, "--batch-size", "4", "--run-name", "two")  # both ranks decode
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert train(*common, "--batch-size", "8", "--run-name", "one") == 0
+    one_weights, two_weights = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for key, value in one_weights.items():
+        torch.testing.assert_close(two_weights[key], value, rtol=0, atol=1e-6)
