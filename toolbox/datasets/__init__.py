@@ -151,5 +151,47 @@ class FileDatasetConfig(DatasetConfig):
     """Keep the decoded tensors in a .pt beside the files (~/.cache/toolbox if read-only)."""
 
 
+@dataclass(frozen=True)
+class HeldOutDatasetConfig(DatasetConfig):
+    """A dataset of the user's own files, whose test split (where the files bring none) and
+    validation split are held out of its samples: test by --data.split-seed, then
+    validation out of the rest by the next seed."""
+
+    test_fraction: float = 0.1
+    """Fraction of the samples held out as the test split, in (0, 1), where the data has no
+    test split of its own; --data.val-fraction is then held out of the rest."""
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        if not 0.0 < self.test_fraction < 1.0:
+            found.append(
+                f"{self.option('test_fraction')} is {self.test_fraction}; it must be in (0, 1), "
+                "e.g. 0.1."
+            )
+        return found
+
+    def hold_out_test(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``indices`` split into (kept, test), each in ascending order."""
+        from toolbox.data.splits import hold_out_indices
+
+        kept, test = hold_out_indices(len(indices), self.test_fraction, self.split_seed)
+        return indices[kept], indices[test]
+
+    def hold_out_val(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``indices`` split into (train, val), each in ascending order."""
+        from toolbox.data.splits import hold_out_indices
+
+        kept, val = hold_out_indices(len(indices), self.val_fraction, self.split_seed + 1)
+        return indices[kept], indices[val]
+
+    def three_splits(self, count: int) -> dict[str, torch.Tensor]:
+        """The indices of the train, val and test samples of ``count``."""
+        import torch
+
+        rest, test = self.hold_out_test(torch.arange(count))
+        train, val = self.hold_out_val(rest)
+        return {"train": train, "val": val, "test": test}
+
+
 DATASETS: Registry[DatasetConfig] = Registry("dataset", __name__, DatasetConfig, "--dataset")
 register_dataset = DATASETS.register

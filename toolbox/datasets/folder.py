@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from toolbox.component import free_on_resume
-from toolbox.datasets import DatasetConfig, DatasetInfo, DatasetSplits, register_dataset
+from toolbox.datasets import DatasetInfo, DatasetSplits, HeldOutDatasetConfig, register_dataset
 from toolbox.errors import UserError
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class _File:
 
 @register_dataset("folder")
 @dataclass(frozen=True)
-class Folder(DatasetConfig):
+class Folder(HeldOutDatasetConfig):
     """Images of your own (PNG, JPEG, BMP, WebP) in one sub-folder per class under
     --data.root, the classes named by their folders in sorted order. Where the root holds
     train/ (and test/, val/) folders, each with the class folders, those are the splits
@@ -62,9 +62,6 @@ class Folder(DatasetConfig):
     (0: keep the images' own size, which must then be the same for all)."""
     channels: Literal["auto", "1", "3"] = "auto"
     """Channels of the stored images: 1 (grey) or 3 (RGB); auto: 1 if every image is grey."""
-    test_fraction: float = 0.1
-    """Fraction of all images held out as the test split, in (0, 1), where the root has
-    no test/ folder; --data.val-fraction is then held out of the rest."""
     bad_files: Literal["skip", "error"] = "skip"
     """Files that cannot be read as images: skip: leave them out (their names are logged);
     error: stop with a message naming them."""
@@ -73,11 +70,6 @@ class Folder(DatasetConfig):
 
     def problems(self) -> list[str]:
         found = super().problems()
-        if not 0.0 < self.test_fraction < 1.0:
-            found.append(
-                f"{self.option('test_fraction')} is {self.test_fraction}; it must be in "
-                "(0, 1), e.g. 0.1."
-            )
         if self.image_size < 0:
             found.append(
                 f"{self.option('image_size')} is {self.image_size}; give a size in pixels, "
@@ -267,8 +259,6 @@ class Folder(DatasetConfig):
         """Positions into the decoded tensors of each split's samples."""
         import torch
 
-        from toolbox.data.splits import hold_out_indices
-
         split_of = [files[i].split for i in index.tolist()]
         present = {file.split for file in files}
 
@@ -279,13 +269,11 @@ class Folder(DatasetConfig):
         if "test" in present:
             parts["test"] = pool("test")
         else:
-            kept, test = hold_out_indices(len(rest), self.test_fraction, self.split_seed)
-            rest, parts["test"] = rest[kept], rest[test]
+            rest, parts["test"] = self.hold_out_test(rest)
         if "val" in present:
             parts["val"] = pool("val")
         else:
-            kept, val = hold_out_indices(len(rest), self.val_fraction, self.split_seed + 1)
-            rest, parts["val"] = rest[kept], rest[val]
+            rest, parts["val"] = self.hold_out_val(rest)
         parts["train"] = rest
         if len(rest) == 0:
             raise UserError(

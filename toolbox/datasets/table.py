@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from toolbox.component import free_on_resume
-from toolbox.datasets import DatasetConfig, DatasetInfo, DatasetSplits, Task, register_dataset
+from toolbox.datasets import (
+    DatasetInfo,
+    DatasetSplits,
+    HeldOutDatasetConfig,
+    Task,
+    register_dataset,
+)
 from toolbox.errors import UserError
 
 if TYPE_CHECKING:
@@ -35,7 +41,7 @@ def _is_categorical(column: pd.Series) -> bool:
 
 @register_dataset("table")
 @dataclass(frozen=True)
-class Table(DatasetConfig):
+class Table(HeldOutDatasetConfig):
     """A table of your own (CSV, TSV or Parquet, read with pandas): one row per sample, one
     column the target (--data.target), the other columns the features. Stored inputs keep
     their raw units (float32 (N, F), the table's column order: numeric columns as given,
@@ -63,16 +69,9 @@ class Table(DatasetConfig):
     """Missing feature values: error: stop with a message; drop: leave those rows out;
     fill: numeric features take the training split's median, categorical ones a category
     "missing". Rows without a target value are always left out (their count is logged)."""
-    test_fraction: float = 0.1
-    """Fraction of the rows held out as the test split, in (0, 1); --data.val-fraction is
-    then held out of the rest."""
 
     def problems(self) -> list[str]:
         found = super().problems()
-        if not 0.0 < self.test_fraction < 1.0:
-            found.append(
-                f"--data.test-fraction is {self.test_fraction}; it must be in (0, 1), e.g. 0.1."
-            )
         if self.target and self.target in self.drop:
             found.append(
                 f"--data.drop names the target {self.target!r}; the column to predict cannot "
@@ -181,8 +180,6 @@ class Table(DatasetConfig):
         import numpy as np
         import torch
 
-        from toolbox.data.splits import hold_out_indices
-
         file = self._file()
         self._check_columns(self._columns(file))
         frame = self._read(file)
@@ -201,9 +198,7 @@ class Table(DatasetConfig):
             raise UserError(f"--data.path {self.path} has no row left to learn from.")
         target, info_task, class_names = self._targets(frame[self.target])
 
-        rest, test = hold_out_indices(len(frame), self.test_fraction, self.split_seed)
-        kept, val = hold_out_indices(len(rest), self.val_fraction, self.split_seed + 1)
-        parts = {"train": rest[kept].numpy(), "val": rest[val].numpy(), "test": test.numpy()}
+        parts = {name: rows.numpy() for name, rows in self.three_splits(len(frame)).items()}
         if len(parts["train"]) == 0:
             raise UserError(
                 f"--data.path {self.path} has {len(frame)} usable rows: none is left for "

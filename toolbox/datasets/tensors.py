@@ -5,7 +5,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from toolbox.component import free_on_resume
-from toolbox.datasets import DatasetConfig, DatasetInfo, DatasetSplits, Task, register_dataset
+from toolbox.datasets import (
+    DatasetInfo,
+    DatasetSplits,
+    HeldOutDatasetConfig,
+    Task,
+    register_dataset,
+)
 from toolbox.errors import UserError
 
 if TYPE_CHECKING:
@@ -18,7 +24,7 @@ _SUMMARIES: dict[tuple, tuple[Task | None, str | None]] = {}
 
 @register_dataset("tensors")
 @dataclass(frozen=True)
-class Tensors(DatasetConfig):
+class Tensors(HeldOutDatasetConfig):
     """Arrays of your own: a .pt file holding a dict of tensors, or an .npz file, with an
     ``input`` and a ``target`` array of one row per sample. Any other array of as many rows
     travels beside them in every split's batches (for models with their own steps); an
@@ -32,9 +38,6 @@ class Tensors(DatasetConfig):
     task: Literal["auto", "classification", "regression"] = "auto"
     """auto: an integer (or bool) target is classification (classes 0..max), a floating one
     regression (one output per target value of a sample)."""
-    test_fraction: float = 0.1
-    """Fraction of the rows held out as the test split, in (0, 1); --data.val-fraction is
-    then held out of the rest."""
 
     def __post_init__(self) -> None:
         # The task must be known before build (criteria and metrics are checked against it):
@@ -45,11 +48,6 @@ class Tensors(DatasetConfig):
 
     def problems(self) -> list[str]:
         found = super().problems()
-        if not 0.0 < self.test_fraction < 1.0:
-            found.append(
-                f"{self.option('test_fraction')} is {self.test_fraction}; it must be in (0, 1), "
-                "e.g. 0.1."
-            )
         if self.path:
             _, problem = self._summary()
             if problem:
@@ -161,7 +159,7 @@ class Tensors(DatasetConfig):
     def build(self) -> DatasetSplits:
         import torch
 
-        from toolbox.data.splits import hold_out_indices, take
+        from toolbox.data.splits import take
 
         arrays, class_names = self._read()
         task = self.task if self.task != "auto" else _implied_task(arrays["target"])
@@ -198,9 +196,7 @@ class Tensors(DatasetConfig):
             num_outputs, class_names = target.shape[1], ()
         everything = {**arrays, "input": inputs, "target": target}
 
-        rest, test = hold_out_indices(len(inputs), self.test_fraction, self.split_seed)
-        kept, held = hold_out_indices(len(rest), self.val_fraction, self.split_seed + 1)
-        rows = {"train": rest[kept], "val": rest[held], "test": test}
+        rows = self.three_splits(len(inputs))
         if len(rows["train"]) == 0:
             raise UserError(
                 f"{option} holds {len(inputs)} rows, which leaves no training row after "
