@@ -203,7 +203,7 @@ def test_augmentation_is_seeded_and_resumes_from_its_state():
 
 @pytest.mark.slow
 def test_augmented_training_resumes_bit_exactly(train, tmp_path, monkeypatch, signal_at_step):
-    from tests.test_resume import assert_same_weights, rows_without_timing
+    from tests.test_resume import assert_resumes_like_a_straight_run
 
     argv = [
         *TINY,
@@ -218,14 +218,8 @@ def test_augmented_training_resumes_bit_exactly(train, tmp_path, monkeypatch, si
         "--epochs",
         "2",
     ]
-    assert train(*argv, "--run-name", "straight") == 0
-    signal_at_step(12)
-    assert train(*argv, "--run-name", "stopped") == 143
-    monkeypatch.undo()
-    stopped = tmp_path / "outputs" / "stopped"
-    assert train("--resume", str(stopped / "checkpoint.pth.tar")) == 0
-    assert_same_weights(tmp_path / "outputs" / "straight", stopped)
-    assert rows_without_timing(tmp_path / "outputs" / "straight") == rows_without_timing(stopped)
+    outputs = tmp_path / "outputs"
+    assert_resumes_like_a_straight_run(train, outputs, argv, 12, signal_at_step, monkeypatch)
 
 
 def test_augmenting_vector_inputs_is_refused(train, capsys):

@@ -245,21 +245,15 @@ def test_train_py_without_a_root_says_the_root_is_missing(train, capsys):
 def test_a_folder_run_stopped_mid_epoch_resumes_exactly(
     train, tmp_path, monkeypatch, signal_at_step, loader
 ):
-    from tests.test_resume import assert_same_weights, rows_without_timing
+    from tests.test_resume import assert_resumes_like_a_straight_run
 
     root = tmp_path / "images"
     write_images(root, count=30)
     argv = ["--dataset", "folder", "--data.root", str(root), "--data.image-size", "8"]
     argv += ["--arch", "cnn", "--data.augment", "crop_flip", "--batch-size", "8"]
     argv += ["--device", "cpu", "--epochs", "2", "--data.loader", loader]
-    assert train(*argv, "--run-name", "straight") == 0
-    signal_at_step(11)  # in the second epoch of 9 steps
-    assert train(*argv, "--run-name", "stopped") == 143
-    monkeypatch.undo()
-    stopped = tmp_path / "outputs" / "stopped"
-    assert train("--resume", str(stopped / "checkpoint.pth.tar")) == 0
-    assert_same_weights(tmp_path / "outputs" / "straight", stopped)
-    assert rows_without_timing(tmp_path / "outputs" / "straight") == rows_without_timing(stopped)
+    outputs = tmp_path / "outputs"  # stopped after step 11: in the second epoch of 9 steps
+    assert_resumes_like_a_straight_run(train, outputs, argv, 11, signal_at_step, monkeypatch)
 
 
 @pytest.mark.slow

@@ -23,6 +23,22 @@ def rows_without_timing(run_dir: Path) -> list[dict[str, str]]:
     return rows
 
 
+def assert_resumes_like_a_straight_run(
+    train, outputs: Path, argv: list[str], stop_step: int, arrange_signal, monkeypatch
+) -> None:
+    """``argv`` run straight, and run again stopped by SIGTERM after ``stop_step`` (via the
+    ``signal_at_step`` fixture, ``arrange_signal``) then resumed, end alike: the same
+    weights and metrics.csv rows."""
+    assert train(*argv, "--run-name", "straight") == 0
+    arrange_signal(stop_step)
+    assert train(*argv, "--run-name", "stopped") == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    stopped = outputs / "stopped"
+    assert train("--resume", str(stopped / "checkpoint.pth.tar")) == 0
+    assert_same_weights(outputs / "straight", stopped)
+    assert rows_without_timing(outputs / "straight") == rows_without_timing(stopped)
+
+
 def assert_same_weights(run_a: Path, run_b: Path) -> None:
     a = torch.load(run_a / "checkpoint.pth.tar", weights_only=True)
     b = torch.load(run_b / "checkpoint.pth.tar", weights_only=True)
