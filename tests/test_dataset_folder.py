@@ -241,9 +241,22 @@ def test_train_py_without_a_root_says_the_root_is_missing(train, capsys):
     assert "--data.root is not given" in " ".join(capsys.readouterr().err.split())
 
 
-@pytest.mark.parametrize("loader", ["memory", "dataloader"])
+STREAMED = ["--data.loader", "stream", "--data.random-erasing", "0.5"]
+
+
+@pytest.mark.parametrize(
+    "loading",
+    [
+        ["--data.loader", "memory"],
+        ["--data.loader", "dataloader"],
+        # Per-sample transforms in two workers, and in the training process itself.
+        [*STREAMED, "--num-workers", "2", "--data.auto-augment", "trivialaugment"],
+        [*STREAMED, "--data.auto-augment", "randaugment"],
+    ],
+    ids=["memory", "dataloader", "stream-2-workers", "stream-no-workers"],
+)
 def test_a_folder_run_stopped_mid_epoch_resumes_exactly(
-    train, tmp_path, monkeypatch, signal_at_step, loader
+    train, tmp_path, monkeypatch, signal_at_step, loading
 ):
     from tests.test_resume import assert_resumes_like_a_straight_run
 
@@ -251,18 +264,22 @@ def test_a_folder_run_stopped_mid_epoch_resumes_exactly(
     write_images(root, count=30)
     argv = ["--dataset", "folder", "--data.root", str(root), "--data.image-size", "8"]
     argv += ["--arch", "cnn", "--data.augment", "crop_flip", "--batch-size", "8"]
-    argv += ["--device", "cpu", "--epochs", "2", "--data.loader", loader]
+    argv += ["--device", "cpu", "--epochs", "2", *loading]
     outputs = tmp_path / "outputs"  # stopped after step 11: in the second epoch of 9 steps
     assert_resumes_like_a_straight_run(train, outputs, argv, 11, signal_at_step, monkeypatch)
 
 
 @pytest.mark.slow
-def test_a_folder_trains_under_torchrun_like_one_process_with_twice_the_batch(train, tmp_path):
+@pytest.mark.parametrize("loader", ["memory", "stream"])
+def test_a_folder_trains_under_torchrun_like_one_process_with_twice_the_batch(
+    train, tmp_path, loader
+):
     from tests.test_distributed import torchrun, weights
 
     root = tmp_path / "images"
     write_images(root, count=30)
     common = ["--dataset", "folder", "--data.root", str(root), "--data.image-size", "8"]
+    common += ["--data.loader", loader]
     # No dropout: its masks differ between two ranks and one process.
     common += ["--arch", "mlp", "--model.dropout", "0", "--device", "cpu", "--epochs", "2"]
     common += ["--grad-accum", "2"]

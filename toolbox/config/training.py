@@ -111,7 +111,8 @@ class TrainingConfig:
     channels_last: bool = False
     """Keep image batches and conv weights channels-last (faster convolutions on recent GPUs)."""
     num_workers: int = 0
-    """Worker processes for datasets served through a DataLoader (--data.loader dataloader)."""
+    """Worker processes for datasets served through a DataLoader (--data.loader dataloader or
+    stream)."""
     eval_every: int = 1
     """Epochs between two evaluations on the validation split (the last epoch always is)."""
     histogram_every: int = 10

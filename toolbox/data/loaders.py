@@ -1,11 +1,16 @@
-"""Loaders that yield dict batches ({"input": ..., "target": ...}) from in-memory tensors."""
+"""Loaders that yield dict batches ({"input": ..., "target": ...}) from in-memory tensors,
+or from files decoded per sample (streamed splits)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 
 import torch
+
+from toolbox.data.streaming import StreamDataset, StreamedSplit
+from toolbox.errors import UserError
 
 Batch = dict[str, torch.Tensor]
 
@@ -190,13 +195,14 @@ class _PlannedBatches(torch.utils.data.Sampler):
         for batch_idx in range(owner.first_batch, len(owner)):
             index = owner._index(batch_idx)
             if isinstance(index, slice):
-                yield list(range(index.start, index.stop, index.step))
+                yield owner.items(range(index.start, index.stop, index.step))
             else:
-                yield index.tolist()
+                yield owner.items(index.tolist())
 
 
 class WorkerLoader(_EpochLoader):
-    """A torch DataLoader over the same tensors, for data served by worker processes.
+    """A torch DataLoader over a dataset of dict samples (the same tensors, for data served
+    by worker processes), in the planned order.
 
     Batches stay in (pinned, on CUDA) host memory; the trainer copies them to the device.
     Workers prefetch ahead, so the position counts batches handed to the trainer.
@@ -204,7 +210,7 @@ class WorkerLoader(_EpochLoader):
 
     def __init__(
         self,
-        tensors: Batch,
+        dataset: torch.utils.data.Dataset,
         batch_size: int,
         *,
         device: torch.device,
@@ -215,7 +221,6 @@ class WorkerLoader(_EpochLoader):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        dataset = _TensorDictDataset(tensors)
         super().__init__(
             len(dataset),
             batch_size,
@@ -238,6 +243,10 @@ class WorkerLoader(_EpochLoader):
             generator=torch.Generator().manual_seed(seed),
         )
 
+    def items(self, positions) -> list:
+        """What the dataset is asked for to make the batch of samples at ``positions``."""
+        return list(positions)
+
     def close(self) -> None:
         """End the worker processes now. Persistent workers otherwise live as long as the
         DataLoader's iterator, which sits in a reference cycle with the trainer: a later
@@ -252,6 +261,45 @@ class WorkerLoader(_EpochLoader):
             yield batch
 
 
+class StreamLoader(WorkerLoader):
+    """A WorkerLoader over a streamed split: each sample is decoded (and, when training,
+    transformed) where the DataLoader serves it, so only the batches in flight are in memory.
+
+    Each epoch's samples' transforms are seeded from a digest of the generator's state at
+    the epoch's start, which a checkpoint restores: a resumed epoch transforms every sample
+    as the uninterrupted run did. Drawing nothing from the generator keeps the order of
+    every epoch that of the memory loaders."""
+
+    def __init__(self, split: StreamedSplit, batch_size: int, **options) -> None:
+        self.split = split
+        self.epoch_seed = 0
+        super().__init__(StreamDataset(split), batch_size, **options)
+
+    def _begin_epoch(self) -> int:
+        start = super()._begin_epoch()
+        digest = hashlib.blake2b(self._epoch_start_state.numpy().tobytes(), digest_size=8)
+        self.epoch_seed = int.from_bytes(digest.digest()) >> 1  # below 2**63
+        return start
+
+    def items(self, positions) -> list:
+        return [(position, self.epoch_seed) for position in positions]
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in super().__iter__():
+            positions, problems = batch.pop("position"), batch.pop("problem")
+            bad = [(p, problem) for p, problem in zip(positions.tolist(), problems) if problem]
+            if bad:
+                self.close()
+                position, problem = bad[0]
+                raise UserError(
+                    f"{self.split.paths[position]} {problem}; with --data.loader stream each "
+                    "file is read when a batch needs it, so replace or remove it (or give "
+                    "--data.image-size N to make every image N x N), or use --data.loader "
+                    "memory, which decodes every file first and skips unreadable ones."
+                )
+            yield batch
+
+
 def fits_on_device(tensors: Batch, device: torch.device) -> bool:
     """Whether ``tensors`` take at most half the device's free memory (always, off CUDA)."""
     if device.type != "cuda":
@@ -261,7 +309,7 @@ def fits_on_device(tensors: Batch, device: torch.device) -> bool:
 
 
 def make_loader(
-    tensors: Batch,
+    split: Batch | StreamedSplit,
     batch_size: int,
     *,
     kind: str,
@@ -274,31 +322,24 @@ def make_loader(
     world_size: int = 1,
 ) -> InMemoryLoader | WorkerLoader:
     """The loader for one split (this rank's share of it): shuffled, dropping the last
-    partial batch, when training."""
-    shard = {"rank": rank, "world_size": world_size}
+    partial batch, when training. A streamed split is always streamed, whatever ``kind``."""
+    common = {
+        "device": device,
+        "shuffle": train,
+        "drop_last": train,
+        "seed": seed,
+        "rank": rank,
+        "world_size": world_size,
+    }
+    if isinstance(split, StreamedSplit):
+        return StreamLoader(split, batch_size, num_workers=num_workers, **common)
     if kind == "memory":
         pinned = placement == "pinned" or (
-            placement == "auto" and not fits_on_device(tensors, device)
+            placement == "auto" and not fits_on_device(split, device)
         )
-        return InMemoryLoader(
-            tensors,
-            batch_size,
-            device=device,
-            shuffle=train,
-            drop_last=train,
-            seed=seed,
-            pinned=pinned,
-            **shard,
-        )
+        return InMemoryLoader(split, batch_size, pinned=pinned, **common)
     return WorkerLoader(
-        tensors,
-        batch_size,
-        device=device,
-        shuffle=train,
-        drop_last=train,
-        seed=seed,
-        num_workers=num_workers,
-        **shard,
+        _TensorDictDataset(split), batch_size, num_workers=num_workers, **common
     )
 
 

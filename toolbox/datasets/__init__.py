@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from toolbox.component import Component, free_on_resume
 from toolbox.registry import Registry
@@ -57,7 +57,8 @@ class DatasetInfo:
 
 @dataclass
 class DatasetSplits:
-    """The three splits as dicts of equally long tensors (``input``, ``target``)."""
+    """The three splits as dicts of equally long tensors (``input``, ``target``), or as
+    streamed splits (toolbox.data.streaming.StreamedSplit: files decoded per sample)."""
 
     info: DatasetInfo
     train: dict[str, torch.Tensor]
@@ -73,6 +74,17 @@ class DatasetSplits:
     def split(self, name: str) -> dict[str, torch.Tensor]:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
+    def count(self, name: str) -> int:
+        """The samples in split ``name``."""
+        split = self.split(name)
+        return len(split["target"]) if isinstance(split, dict) else len(split)
+
+    def first_inputs(self, count: int) -> torch.Tensor:
+        """The first ``count`` training inputs as stored (decoded, for a streamed split)."""
+        if isinstance(self.train, dict):
+            return self.train["input"][:count]
+        return self.train.decoded(range(min(count, len(self.train))))
+
 
 @dataclass(frozen=True)
 class DatasetConfig(Component):
@@ -83,13 +95,19 @@ class DatasetConfig(Component):
     """Fraction of the training data held out for validation, in [0, 1)."""
     split_seed: int = 0
     """Seed of the fixed permutation that splits off validation (and test) data."""
-    loader: Literal["memory", "dataloader"] = free_on_resume("memory")
-    """memory: batches sliced from tensors on the device; dataloader: --num-workers workers."""
+    loader: Literal["memory", "dataloader", "stream"] = free_on_resume("memory")
+    """memory: batches sliced from tensors on the device; dataloader: the same tensors served
+    by --num-workers workers; stream (--dataset folder): each file decoded and transformed
+    when a batch needs it, in --num-workers workers, for data larger than memory."""
     placement: Literal["auto", "device", "pinned"] = free_on_resume("auto")
     """Where memory loading keeps the data: device, or pinned host memory (auto: device if it
     fits in half the free device memory)."""
     augment: Literal["none", "crop", "crop_flip"] = "none"
-    """Training augmentation of image batches on the device: random crop (4 px padding), flip."""
+    """Training augmentation of image batches on the device: random crop (4 px padding), flip
+    (streamed: of each image, on the CPU)."""
+
+    streams: ClassVar[bool] = False
+    """Whether build() can return streamed splits (files decoded per sample)."""
 
     @property
     def task(self) -> Task:
@@ -102,6 +120,12 @@ class DatasetConfig(Component):
             found.append(
                 f"--data.val-fraction is {self.val_fraction}; it must be in [0, 1) "
                 "(e.g. 0.1 holds out 10% of the training data for validation)."
+            )
+        if self.loader == "stream" and not self.streams:
+            found.append(
+                f"--data.loader stream decodes files per sample, which {self.registered_name!r} "
+                "does not (its samples are decoded once into memory); use --data.loader "
+                "memory or dataloader, or --dataset folder for images of your own."
             )
         return found + self.not_seed("split_seed")
 

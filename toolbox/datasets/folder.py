@@ -21,6 +21,8 @@ SHOWN = 5
 """How many file names a message lists before it gives the count of the rest."""
 PROGRESS_FROM = 1000
 """The fewest images whose decoding shows a progress bar."""
+STATISTICS_SAMPLE = 1000
+"""The most training images a streamed folder decodes up front for its statistics."""
 
 
 def _listed(names: list[str], limit: int = SHOWN) -> str:
@@ -61,12 +63,22 @@ class Folder(HeldOutDatasetConfig):
     """Resize each image's shorter side to this many pixels and centre-crop it square
     (0: keep the images' own size, which must then be the same for all)."""
     channels: Literal["auto", "1", "3"] = "auto"
-    """Channels of the stored images: 1 (grey) or 3 (RGB); auto: 1 if every image is grey."""
+    """Channels of the stored images: 1 (grey) or 3 (RGB); auto: 1 if every image is grey
+    (with --data.loader stream: every image of the statistics' sample)."""
     bad_files: Literal["skip", "error"] = "skip"
     """Files that cannot be read as images: skip: leave them out (their names are logged);
-    error: stop with a message naming them."""
+    error: stop with a message naming them. Streamed, a file is read only when a batch needs
+    it: the run then stops there, naming it."""
     cache: bool = free_on_resume(True)
     """Keep the decoded tensors in a .pt beside the images (~/.cache/toolbox if read-only)."""
+    auto_augment: Literal["none", "randaugment", "trivialaugment"] = "none"
+    """With --data.loader stream: torchvision's RandAugment or TrivialAugmentWide on each
+    training image (after --data.augment's crop and flip)."""
+    random_erasing: float = 0.0
+    """With --data.loader stream: the probability that torchvision's RandomErasing blanks a
+    random rectangle of each training image (0: never)."""
+
+    streams = True
 
     def problems(self) -> list[str]:
         found = super().problems()
@@ -74,6 +86,22 @@ class Folder(HeldOutDatasetConfig):
             found.append(
                 f"{self.option('image_size')} is {self.image_size}; give a size in pixels, "
                 "e.g. 64, or 0 to keep the images' own size."
+            )
+        if not 0.0 <= self.random_erasing <= 1.0:
+            found.append(
+                f"{self.option('random_erasing')} is {self.random_erasing}; give a "
+                "probability in [0, 1], e.g. 0.25."
+            )
+        per_sample = [
+            self.option(name)
+            for name, off in (("auto_augment", "none"), ("random_erasing", 0.0))
+            if getattr(self, name) != off
+        ]
+        if per_sample and self.loader != "stream":
+            found.append(
+                f"{' and '.join(per_sample)} transform each image on its own on the CPU, "
+                f"which only --data.loader stream does (it is {self.loader}); add "
+                "--data.loader stream, or drop them."
             )
         return found
 
@@ -152,43 +180,45 @@ class Folder(HeldOutDatasetConfig):
         if not bad:
             return
         names = [name for name, _ in bad]
-        if self.bad_files == "error":
+        if self.bad_files == "error" or self.loader == "stream":
             reasons = [f"{name} ({reason})" if reason else name for name, reason in bad]
+            fix = (
+                "--data.loader memory, which can leave them out"
+                if self.loader == "stream"  # its batches are planned with every file
+                else f"pass {self.option('bad_files')} skip to leave them out"
+            )
             raise UserError(
                 f"{len(bad)} of the {total} files under {self.option('root')} {self.root} "
                 f"cannot be read as images: {_listed(reasons)}; replace or remove them, or "
-                f"pass {self.option('bad_files')} skip to leave them out."
+                f"{fix}."
             )
         logging.getLogger("toolbox").warning(
             "skipped %d unreadable files under %s: %s", len(bad), self.root, _listed(names)
         )
 
-    def _decode(self, files: list[_File]) -> dict:
-        """All readable images as {"all": {input, target, index}}, index being each
-        image's position in ``files``."""
-        import numpy as np
-        import torch
+    def _headers(self, files: list[_File], positions) -> tuple[dict, list]:
+        """Each readable file's (mode, size) by position, read from its header only, and
+        the unreadable files with their reasons."""
         from PIL import Image
-        from rich.console import Console
-        from rich.progress import track
 
-        root = self._root
         headers, bad = {}, []
-        for position, file in enumerate(files):
+        for position in positions:
             try:
-                with Image.open(file.path) as image:
+                with Image.open(files[position].path) as image:
                     headers[position] = (image.mode, image.size)
             except Exception as error:  # noqa: BLE001 - PIL raises many kinds for bad files
-                bad.append((file.path.relative_to(root).as_posix(), type(error).__name__))
-        if self.channels == "auto":
-            grey = all(mode in GREY_MODES for mode, _ in headers.values())
-            channels = 1 if grey else 3
-        else:
-            channels = int(self.channels)
+                bad.append((self._shown(files[position]), type(error).__name__))
+        return headers, bad
+
+    def _shown(self, file: _File) -> str:
+        return file.path.relative_to(self._root).as_posix()
+
+    def _channels(self, headers: dict, files: list[_File]) -> int:
+        """The stored images' channels; their sizes checked to agree without --data.image-size."""
         if not self.image_size:
             sizes: dict[tuple[int, int], list[str]] = {}
             for position, (_, size) in headers.items():
-                sizes.setdefault(size, []).append(files[position].path.relative_to(root).as_posix())
+                sizes.setdefault(size, []).append(self._shown(files[position]))
             if len(sizes) > 1:
                 counted = sorted(sizes.items(), key=lambda item: -len(item[1]))
                 described = [
@@ -199,27 +229,39 @@ class Folder(HeldOutDatasetConfig):
                     f"{_listed(described)}; pass {self.option('image_size')} N (e.g. 64) to "
                     "resize each one's shorter side to N pixels and centre-crop it N x N."
                 )
+        if self.channels != "auto":
+            return int(self.channels)
+        return 1 if all(mode in GREY_MODES for mode, _ in headers.values()) else 3
+
+    def _decode(self, files: list[_File], positions=None) -> dict:
+        """The readable images at ``positions`` (all, by default) as {"all": {input,
+        target, index}}, index being each image's position in ``files``."""
+        import torch
+        from rich.console import Console
+        from rich.progress import track
+
+        from toolbox.data.images import read_image
+
+        headers, bad = self._headers(files, range(len(files)) if positions is None else positions)
+        channels = self._channels(headers, files)
         inputs, targets, kept = [], [], []
-        positions = list(headers)
         progress = track(
-            positions,
-            description=f"decoding {len(positions):,} images",
+            list(headers),
+            description=f"decoding {len(headers):,} images",
             console=Console(stderr=True),
             transient=True,
-            disable=len(positions) < PROGRESS_FROM,
+            disable=len(headers) < PROGRESS_FROM,
         )
         for position in progress:
             file = files[position]
             try:
-                with Image.open(file.path) as image:
-                    pixels = self._pixels(image, channels)
+                inputs.append(read_image(file.path, channels, self.image_size))
             except Exception as error:  # noqa: BLE001 - truncated data shows only now
-                bad.append((file.path.relative_to(root).as_posix(), type(error).__name__))
+                bad.append((self._shown(file), type(error).__name__))
                 continue
-            inputs.append(torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))))
             targets.append(file.label)
             kept.append(position)
-        self._unreadable(sorted(bad), len(files))
+        self._unreadable(sorted(bad), len(headers) + len(bad))
         if not inputs:
             raise UserError(
                 f"none of the images under {self.option('root')} {self.root} is readable."
@@ -231,29 +273,6 @@ class Folder(HeldOutDatasetConfig):
                 "index": torch.tensor(kept, dtype=torch.int64),
             }
         }
-
-    def _pixels(self, image, channels: int):
-        """One image as a (H, W, C) uint8 array, resized and cropped to --data.image-size."""
-        import numpy as np
-        from PIL import Image
-
-        if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-            # 16- and 32-bit grey: PIL's convert("L") clips past 255 instead of scaling.
-            values = np.asarray(image, dtype=np.float64)
-            if image.mode != "F":  # 16-bit values: 0..65535 onto 0..255
-                values = values / 257.0
-            scaled = np.clip(values, 0, 255).round().astype(np.uint8)
-            image = Image.fromarray(scaled, "L")
-        image = image.convert("L" if channels == 1 else "RGB")
-        if self.image_size:
-            size = self.image_size
-            width, height = image.size
-            scale = size / min(width, height)
-            new = (max(size, round(width * scale)), max(size, round(height * scale)))
-            image = image.resize(new, Image.Resampling.BILINEAR)
-            left, top = (new[0] - size) // 2, (new[1] - size) // 2
-            image = image.crop((left, top, left + size, top + size))
-        return np.array(image, dtype=np.uint8).reshape(image.size[1], image.size[0], channels)
 
     def _parts(self, files: list[_File], index: torch.Tensor) -> dict[str, torch.Tensor]:
         """Positions into the decoded tensors of each split's samples."""
@@ -284,12 +303,12 @@ class Folder(HeldOutDatasetConfig):
         return parts
 
     def build(self) -> DatasetSplits:
-        import torch
-
         from toolbox.data.cache import load_or_decode
+        from toolbox.data.images import channel_statistics
 
         classes, files, class_dirs = self._scan()
-
+        if self.loader == "stream":
+            return self._streamed(classes, files)
         decoded_now = []
 
         def decode() -> dict:
@@ -308,39 +327,64 @@ class Folder(HeldOutDatasetConfig):
         index = decoded["index"]
         skipped = sorted(set(range(len(files))) - set(index.tolist()))
         if skipped and not decoded_now:  # decoded earlier: say again what was left out
-            self._unreadable(
-                [(files[i].path.relative_to(self._root).as_posix(), "") for i in skipped],
-                len(files),
-            )
+            self._unreadable([(self._shown(files[i]), "") for i in skipped], len(files))
         parts = self._parts(files, index)
         splits = {
             name: {k: decoded[k][part] for k in ("input", "target")} for name, part in parts.items()
         }
         train = splits["train"]["input"]
-        channels = train.shape[1]
-        total = torch.zeros(channels, dtype=torch.float64)
-        squares = torch.zeros(channels, dtype=torch.float64)
-        for chunk in train.split(1024):
-            values = chunk.transpose(0, 1).reshape(channels, -1).double()
-            total += values.sum(1)
-            squares += (values**2).sum(1)
-        count = train.numel() // channels
-        mean = total / count
-        std = (squares / count - mean**2).clamp(min=0).sqrt()
-        info = DatasetInfo(
+        info = self._info(classes, tuple(train.shape[1:]), *channel_statistics(train))
+        sources = {
+            name: [self._shown(files[i]) for i in index[part].tolist()]
+            for name, part in parts.items()
+        }
+        return DatasetSplits(info, **splits, sources=sources, source_column="path")
+
+    def _info(self, classes: list[str], shape: tuple[int, ...], mean, std) -> DatasetInfo:
+        return DatasetInfo(
             task="classification",
-            input_shape=tuple(train.shape[1:]),
+            input_shape=shape,
             num_outputs=len(classes),
-            mean=tuple(mean.tolist()),
-            std=tuple(s if s > 0 else 1.0 for s in std.tolist()),
+            mean=mean,
+            std=std,
             class_names=tuple(classes),
             value_range=(0.0, 255.0),
         )
-        root = self._root
-        sources = {
-            name: [files[i].path.relative_to(root).as_posix() for i in index[part].tolist()]
+
+    def _streamed(self, classes: list[str], files: list[_File]) -> DatasetSplits:
+        """Splits of file paths, decoded per sample when a batch needs them. The inputs'
+        shape, channels and normalisation statistics come from up to STATISTICS_SAMPLE
+        training images spread evenly over the split (all of them, in smaller folders)."""
+        import functools
+
+        import torch
+
+        from toolbox.data.images import channel_statistics, read_image
+        from toolbox.data.streaming import StreamedSplit, sample_transform
+
+        parts = self._parts(files, torch.arange(len(files)))
+        train = parts["train"]
+        spread = torch.linspace(0, len(train) - 1, min(len(train), STATISTICS_SAMPLE))
+        sample = self._decode(files, train[spread.round().long()].tolist())["all"]["input"]
+        shape = tuple(sample.shape[1:])
+        decode = functools.partial(read_image, channels=shape[0], size=self.image_size)
+        transform = sample_transform(
+            shape[1:], self.augment, self.auto_augment, self.random_erasing
+        )
+        splits = {
+            name: StreamedSplit(
+                paths=[str(files[i].path) for i in part.tolist()],
+                targets=torch.tensor([files[i].label for i in part.tolist()], dtype=torch.int64),
+                decode=decode,
+                shape=shape,
+                transform=transform if name == "train" else None,
+            )
             for name, part in parts.items()
         }
+        sources = {
+            name: [self._shown(files[i]) for i in part.tolist()] for name, part in parts.items()
+        }
+        info = self._info(classes, shape, *channel_statistics(sample))
         return DatasetSplits(info, **splits, sources=sources, source_column="path")
 
     def _check_cached(self, decoded: dict, files: list[_File]) -> None:

@@ -100,8 +100,8 @@ def _model(config: TrainingConfig, info, device: torch.device, dist: Distributed
 
 
 def _augment(config: TrainingConfig, info, device: torch.device, dist: Distributed):
-    if config.data.augment == "none":
-        return None
+    if config.data.augment == "none" or config.data.loader == "stream":
+        return None  # streamed images are augmented one by one where they are decoded
     if len(info.input_shape) != 3:
         raise UserError(
             f"--data.augment {config.data.augment} needs image inputs (C, H, W), but this "
@@ -136,10 +136,10 @@ def _loaders(config: TrainingConfig, splits, device: torch.device, dist: Distrib
         processes = f" times {dist.world_size} processes" if dist.enabled else ""
         raise UserError(
             f"--batch-size {config.batch_size}{processes} is larger than the training split "
-            f"({len(splits.train['target'])} samples), so an epoch has no full batch; lower "
+            f"({splits.count('train')} samples), so an epoch has no full batch; lower "
             "--batch-size."
         )
-    if len(splits.val["target"]) == 0:
+    if splits.count("val") == 0:
         raise UserError(
             f"the validation split of {config.dataset!r} is empty; raise --data.val-fraction "
             "(e.g. 0.1)."

@@ -258,7 +258,7 @@ def open_recorder(
     splits = parts.splits
     info = splits.info
     if not resumed and len(info.input_shape) == 3:
-        inputs = splits.train["input"][:64]
+        inputs = splits.first_inputs(64)
         tensorboard.log_sample_grid(board.writer, inputs, info.mean, info.std, step=0)
     for note in notes:
         logger.info("%s", note)

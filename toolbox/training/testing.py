@@ -94,6 +94,7 @@ def _evaluate(
         kind="memory",
         device=device,
         train=False,
+        num_workers=config.num_workers,  # used by streamed splits
     )
     out_dir.mkdir(exist_ok=True)
     steps = as_steps(model, config.loss.build().to(device), info.task == "classification")
