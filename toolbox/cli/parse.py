@@ -11,7 +11,9 @@ import tyro
 
 from toolbox.cli import default_checks
 from toolbox.config.checks import validate
+from toolbox.config.files import dump, with_config_files
 from toolbox.config.plain import from_plain
+from toolbox.config.presets import PRESETS, preset_config
 from toolbox.config.resume import resume_conflicts
 from toolbox.config.training import SLOTS, TrainingConfig, with_components
 from toolbox.errors import ArgumentParser, UserError
@@ -30,7 +32,11 @@ def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> Traini
     selectors.add_argument("--init-from", type=Path)
     selectors.add_argument("--output-dir", type=Path, default=TrainingConfig.output_dir)
     selectors.add_argument("--run-name", default=TrainingConfig.run_name)
+    for option, settings in STARTING_POINTS.items():
+        selectors.add_argument(option, **settings)
     chosen, _ = selectors.parse_known_args(argv)
+    for option in STARTING_POINTS:
+        argv = _without_option(argv, option, takes_value=option != "--print-config")
     if chosen.resume == AUTO_RESUME:
         chosen.resume = _latest_checkpoint(chosen.output_dir, chosen.run_name)
         argv = _without_option(argv, "--resume")
@@ -47,7 +53,14 @@ def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> Traini
             registry.get(names[selector])  # an unknown name fails here, listing the valid ones
 
     saved = None
-    default = TrainingConfig()
+    default = TrainingConfig() if chosen.preset is None else preset_config(chosen.preset)
+    default = with_config_files(default, chosen.config)
+    if chosen.resume is not None and (chosen.config or chosen.preset):
+        raise UserError(
+            "--resume continues a run from its own saved config, which --config and --preset "
+            "would replace; drop them to resume, or drop --resume to start a new run from "
+            "them (a run's config.json given to --config starts a new run like it)."
+        )
     if chosen.resume is not None:
         from toolbox.records.checkpoint import load_checkpoint
 
@@ -57,7 +70,9 @@ def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> Traini
     default = with_components(default, **names)
     _refuse_options_of_other_components(argv, default)
     default_checks.install()
-    config = tyro.cli(TrainingConfig, args=argv, default=default, prog=prog)
+    config = tyro.cli(
+        TrainingConfig, args=argv, default=default, prog=prog, description=_description()
+    )
     validate(config)
     if saved is not None:
         changed = resume_conflicts(saved, config)
@@ -68,7 +83,31 @@ def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> Traini
                 "(the checkpoint was trained with the saved values). Drop these flags to "
                 "continue the run, or start a new run with them."
             )
+    if chosen.print_config is not None:
+        sys.stdout.write(dump(config, chosen.print_config))
+        raise SystemExit(0)
     return config
+
+
+STARTING_POINTS = {
+    "--config": {"type": Path, "action": "append", "default": []},
+    "--preset": {},
+    "--print-config": {"nargs": "?", "const": "json", "choices": ("json", "yaml")},
+}
+"""Options read before tyro parses the rest, and shown in the description of --help."""
+
+
+def _description() -> str:
+    """TrainingConfig's docstring, and the options that choose where the config starts."""
+    presets = ", ".join(sorted(PRESETS))
+    return (
+        f"{TrainingConfig.__doc__}\n\n"
+        "--config FILE (repeatable) starts from a JSON or YAML file (a run's config.json, or any "
+        "subset of its keys); later files override earlier ones, flags override files. "
+        f"--preset NAME starts from a registered preset ({presets}); files and flags override "
+        "it. --print-config [json|yaml] prints the resolved config and exits (--config reads "
+        "it back)."
+    )
 
 
 AUTO_RESUME = Path("auto")
@@ -103,13 +142,17 @@ def _latest_checkpoint(output_dir: Path, run_name: str | None) -> Path | None:
     return None
 
 
-def _without_option(argv: list[str], option: str) -> list[str]:
-    """``argv`` without ``option VALUE`` and ``option=VALUE``."""
+def _without_option(argv: list[str], option: str, takes_value: bool = True) -> list[str]:
+    """``argv`` without ``option VALUE`` and ``option=VALUE`` (every time it is given). An
+    option whose value may be left out (``takes_value`` False) takes the next argument only
+    if it is not an option."""
     kept, skip_value = [], False
     for arg in argv:
         if skip_value:
             skip_value = False
-        elif arg == option:
+            if takes_value or not arg.startswith("-"):
+                continue
+        if arg == option:
             skip_value = True
         elif not arg.startswith(option + "="):
             kept.append(arg)
