@@ -16,7 +16,14 @@ PACKAGE = REPO / "toolbox"
 
 # Lowest first. A module may import its own layer and the ones below, never one above.
 LAYERS = [
-    {"toolbox", "toolbox.errors", "toolbox.registry", "toolbox.component", "toolbox.launch"},
+    {
+        "toolbox",
+        "toolbox.errors",
+        "toolbox.registry",
+        "toolbox.component",
+        "toolbox.launch",
+        "toolbox.plugins",
+    },
     {"toolbox.nn", "toolbox.tasks", "toolbox.data"},
     {
         "toolbox.models",
@@ -29,7 +36,7 @@ LAYERS = [
     {"toolbox.config"},
     {"toolbox.records"},
     {"toolbox.training"},
-    {"toolbox.cli", "toolbox.__main__"},
+    {"toolbox.cli", "toolbox.__main__", "toolbox.api"},
 ]
 TOP_LEVEL_MODULES_MAX = 8
 LINES_MAX = 450

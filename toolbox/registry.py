@@ -64,6 +64,9 @@ class Registry(Generic[T]):
         for module in pkgutil.iter_modules(package.__path__):
             if not module.name.startswith("_"):
                 importlib.import_module(f"{self.package}.{module.name}")
+        from toolbox.plugins import load_installed_plugins
+
+        load_installed_plugins()  # installed packages' components are known by name too
 
     def names(self) -> list[str]:
         self._import_package()

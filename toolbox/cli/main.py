@@ -62,17 +62,25 @@ def _train_or_sweep(argv: list[str], program: str, test_program: tuple[str, ...]
     # The run will start: the drawer imports matplotlib on the other core while this process
     # imports torch and builds the data and the model.
     curves.start_drawer()
+    run_training(config, [program, *argv], test_program)
+    return 0
+
+
+def run_training(
+    config, command: list[str] | None = None, test_program: Sequence[str] = ("test.py",)
+):
+    """Trains ``config`` in this process (one rank of it under torchrun) and returns the
+    trainer, whose ``run_dir`` holds the run. ``command`` is recorded in run.json (None: the
+    command that reruns the config, ``train.py --config <run>/config.json``)."""
     from toolbox.training import distributed
     from toolbox.training.trainer import Trainer
 
     context = distributed.start(config.device, config.dist_timeout)
     try:
-        Trainer(
-            config,
-            command=[program, *argv],
-            test_program=test_program,
-            distributed=context,
-        ).fit()
+        trainer = Trainer(
+            config, command=command, test_program=tuple(test_program), distributed=context
+        )
+        trainer.fit()
     except RunStopped:
         distributed.stop(context, together=True)
         raise
@@ -80,7 +88,7 @@ def _train_or_sweep(argv: list[str], program: str, test_program: tuple[str, ...]
         distributed.stop(context, together=False)  # the other ranks may be gone
         raise
     distributed.stop(context, together=True)
-    return 0
+    return trainer
 
 
 def test_main(argv: list[str], program: str = "test.py") -> int:

@@ -6,6 +6,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import tyro
 
@@ -18,6 +19,7 @@ from toolbox.config.resume import resume_conflicts
 from toolbox.config.training import SLOTS, TrainingConfig, with_components
 from toolbox.errors import ArgumentParser, UserError
 from toolbox.launch import launched_rank
+from toolbox.plugins import load_plugins, plugin_name
 
 
 def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> TrainingConfig:
@@ -35,8 +37,12 @@ def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> Traini
     for option, settings in STARTING_POINTS.items():
         selectors.add_argument(option, **settings)
     chosen, _ = selectors.parse_known_args(argv)
-    for option in STARTING_POINTS:
-        argv = _without_option(argv, option, takes_value=option != "--print-config")
+    for option, settings in STARTING_POINTS.items():
+        values = {"?": "optional", "+": "many"}.get(settings.get("nargs"), "one")
+        argv = _without_option(argv, option, values)
+    # Before any name is looked up: plugins register the components the names may choose.
+    plugins = [plugin_name(plugin) for plugin in chosen.plugins]
+    load_plugins(plugins)
     if chosen.resume == AUTO_RESUME:
         chosen.resume = _latest_checkpoint(chosen.output_dir, chosen.run_name)
         argv = _without_option(argv, "--resume")
@@ -68,6 +74,9 @@ def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> Traini
         saved = from_plain(state["config"], f"the config in {chosen.resume}")
         default = saved
     default = with_components(default, **names)
+    if plugins:
+        all_plugins = tuple(dict.fromkeys([*default.plugins, *plugins]))
+        default = dataclasses.replace(default, plugins=all_plugins)
     _refuse_options_of_other_components(argv, default)
     default_checks.install()
     config = tyro.cli(
@@ -90,6 +99,7 @@ def parse_training_config(argv: Sequence[str], prog: str = "train.py") -> Traini
 
 
 STARTING_POINTS = {
+    "--plugins": {"nargs": "+", "action": "extend", "default": []},
     "--config": {"type": Path, "action": "append", "default": []},
     "--preset": {},
     "--print-config": {"nargs": "?", "const": "json", "choices": ("json", "yaml")},
@@ -142,18 +152,20 @@ def _latest_checkpoint(output_dir: Path, run_name: str | None) -> Path | None:
     return None
 
 
-def _without_option(argv: list[str], option: str, takes_value: bool = True) -> list[str]:
-    """``argv`` without ``option VALUE`` and ``option=VALUE`` (every time it is given). An
-    option whose value may be left out (``takes_value`` False) takes the next argument only
-    if it is not an option."""
-    kept, skip_value = [], False
+def _without_option(
+    argv: list[str], option: str, values: Literal["one", "optional", "many"] = "one"
+) -> list[str]:
+    """``argv`` without ``option VALUE`` and ``option=VALUE``, every time it is given: with
+    ``values`` "optional" the next argument is its value unless it is an option, with "many"
+    every argument up to the next option is."""
+    kept, taking = [], 0  # taking: values still to drop (-1: until the next option)
     for arg in argv:
-        if skip_value:
-            skip_value = False
-            if takes_value or not arg.startswith("-"):
-                continue
+        if taking and (values == "one" or not arg.startswith("-")):
+            taking -= values != "many"
+            continue
+        taking = 0
         if arg == option:
-            skip_value = True
+            taking = -1 if values == "many" else 1
         elif not arg.startswith(option + "="):
             kept.append(arg)
     return kept

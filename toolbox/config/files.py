@@ -15,6 +15,7 @@ from typing import Any, Literal
 from toolbox.config.plain import from_plain, to_plain
 from toolbox.config.training import SLOTS, TrainingConfig
 from toolbox.errors import UserError
+from toolbox.plugins import load_plugins
 
 Format = Literal["json", "yaml"]
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -105,7 +106,12 @@ def with_config_files(base: TrainingConfig, paths: list[Path]) -> TrainingConfig
     config = base
     for path in paths:
         source = f"--config {path}"
-        config = from_plain(overlay(to_plain(config), read_config_file(path), source), source)
+        data = read_config_file(path)
+        plugins = data.get("plugins", [])
+        if isinstance(plugins, list):  # from_plain refuses any other value
+            load_plugins(plugins, f"{source}: plugins")  # before its components are looked up
+            data["plugins"] = list(dict.fromkeys([*config.plugins, *plugins]))
+        config = from_plain(overlay(to_plain(config), data, source), source)
     return config
 
 

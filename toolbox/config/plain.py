@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, Union
 
 from toolbox.config.training import SLOTS, TrainingConfig
 from toolbox.errors import UserError
+from toolbox.plugins import load_plugins
 
 
 def to_plain(value: Any) -> Any:
@@ -86,6 +87,10 @@ def from_plain(data: Any, source: str = "config") -> TrainingConfig:
     if not isinstance(data, dict):
         raise UserError(f"{source} must be a JSON object, not {type(data).__name__}.")
     data = dict(data)
+    plugins = data.get("plugins", ())
+    if not (isinstance(plugins, list | tuple) and all(isinstance(p, str) for p in plugins)):
+        raise UserError(f"{source}: plugins is {plugins!r}; it must be a list of module names.")
+    load_plugins(plugins, f"{source}: plugins")  # they may register the components it names
     slots = {}
     for slot, (selector, registry) in SLOTS.items():
         name = data.get(selector, getattr(TrainingConfig, selector))

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from toolbox.component import fixed_on_resume
+from toolbox.component import fixed_on_resume, free_on_resume
 from toolbox.criteria import CRITERIA, CriterionConfig
 from toolbox.criteria.cross_entropy import CrossEntropy
 from toolbox.datasets import DATASETS, DatasetConfig
@@ -146,6 +146,11 @@ class TrainingConfig:
     ends with an error (a rank that died or hangs)."""
     init_from: Path | None = None
     """Weights to start from (checkpoint or state_dict); keys of another shape are skipped."""
+    plugins: tuple[str, ...] = free_on_resume(())
+    """Modules (my_project.models) or .py files imported first, whose components then are
+    choices like the toolbox's own (repeatable); recorded, so that --resume, test.py and
+    --config import them again. Installed packages listing a module in the toolbox.plugins
+    entry-point group need no flag."""
 
     output_dir: Path = fixed_on_resume(Path("outputs"))
     """Directory that holds one sub-directory per run."""

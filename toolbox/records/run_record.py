@@ -9,7 +9,6 @@ import os
 import shlex
 import socket
 import subprocess
-import sys
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -191,12 +190,18 @@ class RunRecord:
                 return state["run_id"]
         return uuid.uuid4().hex
 
+    def _rerun_command(self, config: TrainingConfig) -> list[str]:
+        if config.resume is not None:
+            return ["train.py", "--resume", str(config.resume)]
+        return ["train.py", "--config", str(self.path.parent / "config.json")]
+
     def start(
         self, config: TrainingConfig, command: list[str] | None = None, git: dict | None = None
     ) -> None:
         """A session begins: a new run, or a resume of this one. ``command`` is the script
-        and arguments that made it (default: this process's own); ``git`` the code's state
-        when the caller has it already (environment() reads it)."""
+        and arguments that made it (None, for a run started from Python: the train.py command
+        that makes it again); ``git`` the code's state when the caller has it already
+        (environment() reads it)."""
         code_dir = Path(toolbox.__file__).resolve().parent
         git = git or git_state(code_dir)
         if "run_id" not in self.data:  # a new run, or a record without one (hand-written)
@@ -206,7 +211,7 @@ class RunRecord:
             self.data["damaged_record"] = self.damaged_copy.name
         session = {
             "started": _now(),
-            "command": shlex.join(["python", *(command or sys.argv)]),
+            "command": shlex.join(["python", *(command or self._rerun_command(config))]),
             "cwd": os.getcwd(),
             "hostname": socket.gethostname(),
             "pid": os.getpid(),

@@ -82,6 +82,7 @@ def build_run(config: TrainingConfig, dist: Distributed, *, fresh: bool) -> tupl
         train_loader=train_loader,
         augment=augment,
         steps_per_epoch=steps_per_epoch,
+        data_info=splits.info,
     )
     parts = Parts(device, splits, criterion, metrics, normalizer, val_loader, skipped_init_keys)
     return state, parts

@@ -120,8 +120,12 @@ class RunState:
         train_loader,
         augment: BatchAugment | None,
         steps_per_epoch: int,
+        data_info=None,
     ) -> None:
+        """``data_info`` (the dataset's DatasetInfo) is saved for what uses the trained
+        model without its data: toolbox.load_model, prediction, export."""
         self.config, self.dist = config, dist
+        self.data_info = data_info
         self.model, self.ema = model, ema
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.train_loader, self.augment = train_loader, augment
@@ -181,6 +185,7 @@ class RunState:
             **ranks[0],
             "ranks": ranks if len(ranks) > 1 else None,
             "progress": dataclasses.asdict(self.progress),
+            "data_info": dataclasses.asdict(self.data_info) if self.data_info else None,
         }
 
     @staticmethod
