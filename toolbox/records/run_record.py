@@ -50,6 +50,22 @@ def git_state(directory: Path) -> dict[str, str | bool | None]:
     }
 
 
+def project_git_states(code_dir: Path, command: list[str] | None) -> dict[str, dict]:
+    """By repository root, the git state of the user's own code, where it is not the
+    toolbox's: the repository of the directory the command was run from, and that of the
+    script it ran (a script_main script, kept in its project)."""
+    toolbox_root = _git(code_dir, "rev-parse", "--show-toplevel")
+    places = [Path.cwd()]
+    if command and command[0].endswith(".py"):
+        places.append(Path(command[0]).resolve().parent)
+    states = {}
+    for place in places:
+        root = (_git(place, "rev-parse", "--show-toplevel") or "").strip()
+        if root and root != (toolbox_root or "").strip() and root not in states:
+            states[root] = git_state(Path(root))
+    return states
+
+
 def source_hashes(directory: Path) -> dict[str, str]:
     """sha256 of every toolbox source file, for runs made outside a git checkout."""
     return {
@@ -216,6 +232,7 @@ class RunRecord:
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "git": git,
+            "project_git": project_git_states(code_dir, command),
         }
         if git["commit"] is None:
             session["source_sha256"] = source_hashes(code_dir)
