@@ -18,6 +18,7 @@ from toolbox.errors import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 TAB_SUFFIXES = (".tsv", ".tab")
@@ -176,10 +177,9 @@ class Table(HeldOutDatasetConfig):
 
     # --- building --------------------------------------------------------------------------
 
-    def build(self) -> DatasetSplits:
-        import numpy as np
-        import torch
-
+    def _training_frame(self):
+        """The table's usable rows (target present, missing values handled), its feature
+        columns, and the rows of each split."""
         file = self._file()
         self._check_columns(self._columns(file))
         frame = self._read(file)
@@ -196,8 +196,6 @@ class Table(HeldOutDatasetConfig):
         frame = self._handle_missing(frame, features, logger)
         if len(frame) == 0:
             raise UserError(f"--data.path {self.path} has no row left to learn from.")
-        target, info_task, class_names = self._targets(frame[self.target])
-
         parts = {name: rows.numpy() for name, rows in self.three_splits(len(frame)).items()}
         if len(parts["train"]) == 0:
             raise UserError(
@@ -205,26 +203,55 @@ class Table(HeldOutDatasetConfig):
                 "training after --data.test-fraction and --data.val-fraction; add rows or "
                 "lower the fractions."
             )
-        train_rows = frame.iloc[parts["train"]]
-        columns, means, stds = [], [], []
+        return frame, features, parts
+
+    def _fit_encoding(self, frame: pd.DataFrame, features: list[str], train_index) -> list:
+        """Per feature, what encodes it, learnt from the training rows alone: a categorical
+        one's sorted categories, a numeric one's median (for gaps)."""
+        import numpy as np
+
+        train_rows = frame.iloc[train_index]
+        encoding = []
         for name in features:
             if _is_categorical(frame[name]):
-                encoded = self._encode(frame[name], train_rows[name])
-                columns.append(encoded)
-                means += [0.0] * encoded.shape[1]
-                stds += [1.0] * encoded.shape[1]
+                encoding.append((name, sorted(set(train_rows[name].astype(str))), None))
+            else:
+                values = train_rows[name].to_numpy(dtype=np.float64, na_value=np.nan)
+                median = np.nanmedian(values) if (~np.isnan(values)).any() else 0.0
+                encoding.append((name, None, float(median)))
+        return encoding
+
+    def _encode_features(self, frame: pd.DataFrame, encoding: list):
+        """The (N, F) float64 features of ``frame`` and, per column, whether it is numeric."""
+        import numpy as np
+
+        columns, numeric = [], []
+        for name, categories, median in encoding:
+            if categories is not None:
+                encoded = self._encode(frame[name], categories)
+                numeric += [False] * encoded.shape[1]
             else:
                 values = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
-                train_values = values[parts["train"]]
-                if np.isnan(values).any():  # only with --data.missing fill
-                    median = np.nanmedian(train_values) if (~np.isnan(train_values)).any() else 0.0
-                    values = np.where(np.isnan(values), median, values)
-                    train_values = values[parts["train"]]
-                std = float(train_values.std(ddof=1)) if len(train_values) > 1 else 0.0
-                columns.append(values[:, None])
-                means.append(float(train_values.mean()))
-                stds.append(std if np.isfinite(std) and std > 0 else 1.0)
-        inputs = torch.as_tensor(np.concatenate(columns, axis=1), dtype=torch.float32)
+                encoded = np.where(np.isnan(values), median, values)[:, None]  # gaps: fill
+                numeric.append(True)
+            columns.append(encoded)
+        return np.concatenate(columns, axis=1), numeric
+
+    def build(self) -> DatasetSplits:
+        import numpy as np
+        import torch
+
+        frame, features, parts = self._training_frame()
+        target, info_task, class_names = self._targets(frame[self.target])
+        encoding = self._fit_encoding(frame, features, parts["train"])
+        values, numeric = self._encode_features(frame, encoding)
+        train_values = values[parts["train"]]
+        means = [float(train_values[:, i].mean()) if n else 0.0 for i, n in enumerate(numeric)]
+        stds = []
+        for i, is_numeric in enumerate(numeric):
+            std = float(train_values[:, i].std(ddof=1)) if len(train_values) > 1 else 0.0
+            stds.append(std if is_numeric and np.isfinite(std) and std > 0 else 1.0)
+        inputs = torch.as_tensor(values, dtype=torch.float32)
         rows = frame.index.to_numpy()
         splits = {
             name: {"input": inputs[index], "target": target[index]} for name, index in parts.items()
@@ -239,6 +266,28 @@ class Table(HeldOutDatasetConfig):
         )
         sources = {name: [str(row) for row in rows[index]] for name, index in parts.items()}
         return DatasetSplits(info, **splits, sources=sources, source_column="row")
+
+    def encode_table(self, path: Path) -> torch.Tensor:
+        """The rows of another table with this one's features (its target column, if any,
+        ignored), encoded as the training rows were: for predict.py. Missing values are
+        filled as --data.missing fill does, whatever the run's policy."""
+        import torch
+
+        frame, features, parts = self._training_frame()
+        encoding = self._fit_encoding(frame, features, parts["train"])
+        new = Table(path=str(path), target=self.target)._read(Path(path))
+        new.columns = [str(name) for name in new.columns]
+        absent = [name for name in features if name not in new.columns]
+        if absent:
+            raise UserError(
+                f"{path} lacks the feature columns {_listed(absent)} that the run was trained "
+                f"on; its columns are {_listed(new.columns)}."
+            )
+        for name, categories, _ in encoding:
+            if categories is not None and new[name].isna().any():
+                new = new.assign(**{name: new[name].astype(object).fillna(MISSING_CATEGORY)})
+        values, _ = self._encode_features(new, encoding)
+        return torch.as_tensor(values, dtype=torch.float32)
 
     def _handle_missing(self, frame: pd.DataFrame, features: list[str], logger) -> pd.DataFrame:
         gaps = frame[features].isna()
@@ -269,11 +318,10 @@ class Table(HeldOutDatasetConfig):
                 frame.loc[gaps[name], name] = MISSING_CATEGORY
         return frame
 
-    def _encode(self, column: pd.Series, train_column: pd.Series):
+    def _encode(self, column: pd.Series, categories: list[str]):
         import numpy as np
 
         values = column.astype(str).to_numpy()
-        categories = sorted(set(train_column.astype(str)))
         codes = {category: code for code, category in enumerate(categories, start=1)}
         index = np.array([codes.get(value, 0) for value in values])  # 0: unseen in train
         if self.categorical == "index":

@@ -15,10 +15,12 @@ class RawInputModel(torch.nn.Module):
     """``model(normalise(inputs))``: the per-channel (or per-feature) mean and std of the
     training split are buffers, so they move, save and export with the weights."""
 
-    def __init__(self, model: torch.nn.Module, info: DatasetInfo) -> None:
+    def __init__(self, model: torch.nn.Module, info: DatasetInfo, config=None) -> None:
+        """``config``: the run's TrainingConfig, kept for what reads its inputs."""
         super().__init__()
         self.model = model
         self.info = info
+        self.config = config
         channels = len(info.mean)
         shape = (1, channels) + (1,) * (len(info.input_shape) - 1) if channels > 1 else (1,)
         self.register_buffer("mean", torch.tensor(info.mean).reshape(shape))
@@ -72,4 +74,4 @@ def load_trained_model(
     model = config.model.build(info)
     weights = state["ema"] if ema and state.get("ema") is not None else state["model"]
     checkpoints.load_model_state(model, weights, str(path), strict=True)
-    return RawInputModel(model, info).to(resolve_device(device)).eval()
+    return RawInputModel(model, info, config).to(resolve_device(device)).eval()
