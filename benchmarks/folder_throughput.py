@@ -9,8 +9,8 @@ decoding or loading the cache, the statistics) and reads --epochs epochs of trai
 of --batch-size, random crop (4 px padding) and flip included: on the batch for the memory
 path (as the trainer does), per sample for the others. ``samples/s`` counts the epochs'
 samples over setup plus epochs; ``epoch samples/s`` over the epochs alone. Peak RSS is the
-training process's high-water mark (VmHWM), and its largest worker's. Medians over --repeats, min-max in
-parentheses.
+training process's high-water mark (VmHWM), and its largest worker's. Medians
+over --repeats, min-max in parentheses.
 
     uv run python benchmarks/folder_throughput.py --images 3000 --repeats 3
     uv run python benchmarks/folder_throughput.py --variants --rss-images 2000 8000 --size 96

@@ -43,8 +43,10 @@ def test_config_builds_through_the_registries_like_the_command_line():
         "--arch cnn --dataset digits --epochs 5 --optim.lr 1e-3 --model.hidden-size 32".split()
     )
     assert by_keywords == by_flags
-    assert toolbox.config(model=CNN(hidden_size=32), dataset="digits", epochs=5,
-                          optim={"lr": 1e-3}) == by_flags
+    assert (
+        toolbox.config(model=CNN(hidden_size=32), dataset="digits", epochs=5, optim={"lr": 1e-3})
+        == by_flags
+    )
 
 
 @pytest.mark.parametrize(

@@ -628,7 +628,7 @@ TEST_CASES = [
         "{run}",
         "--model.hidden-sizes",
         "8",
-        expect=["--model.hidden-sizes", "cannot change the run's model", "(none)"],
+        expect=["--model.hidden-sizes", "cannot change the run's model", "(--model.weights)"],
         id="weight-changing-model-option",
     ),
     case("{run}", "--model.colour", "red", expect=["--model.colour"], id="unknown-model-option"),

@@ -91,7 +91,8 @@ def test_a_runs_config_json_starts_a_new_run_like_it(train, tmp_path):
     assert train("--config", str(first / "config.json"), "--run-name", "second") == 0
     again = json.loads((tmp_path / "outputs" / "second" / "config.json").read_text())
     assert {**again, "run_name": "first"} == saved
-    metrics = [(tmp_path / "outputs" / run / "metrics.csv").read_text() for run in ("first", "second")]
+    runs = [tmp_path / "outputs" / run for run in ("first", "second")]
+    metrics = [(run / "metrics.csv").read_text() for run in runs]
     rows = [[line.split(",")[:-1] for line in text.splitlines()] for text in metrics]
     assert rows[0] == rows[1]  # the same training, seed and all (elapsed_s aside)
 
@@ -115,8 +116,16 @@ def test_a_resumed_runs_config_json_starts_a_new_run_too(tmp_path):
         ("epochs: [5\n", ".yaml", ["not valid YAML"]),
         ("[1, 2]", ".json", ["list", "mapping"]),
     ],
-    ids=["unknown-key", "wrong-type", "unknown-top-key", "unknown-arch", "not-a-group",
-         "bad-json", "bad-yaml", "not-a-mapping"],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "unknown-top-key",
+        "unknown-arch",
+        "not-a-group",
+        "bad-json",
+        "bad-yaml",
+        "not-a-mapping",
+    ],
 )
 def test_bad_config_files_exit_2_naming_the_file_and_the_key(
     train, tmp_path, capsys, content, suffix, named

@@ -56,18 +56,22 @@ def test_a_streamed_run_is_tested_with_each_file_named(train, evaluate, tmp_path
 def test_per_sample_transforms_are_the_same_with_or_without_workers(tmp_path):
     """Seeded per sample and epoch, not by whichever worker decodes it; new each epoch."""
     write_images(tmp_path, count=12)
-    split = Folder(
-        root=str(tmp_path),
-        image_size=8,
-        loader="stream",
-        augment="crop_flip",
-        auto_augment="trivialaugment",
-        random_erasing=0.5,
-    ).build().train
+    split = (
+        Folder(
+            root=str(tmp_path),
+            image_size=8,
+            loader="stream",
+            augment="crop_flip",
+            auto_augment="trivialaugment",
+            random_erasing=0.5,
+        )
+        .build()
+        .train
+    )
     in_process = epochs_of_batches(split, 2, num_workers=0)
     in_workers = epochs_of_batches(split, 2, num_workers=2)
-    for epoch, (ours, theirs) in enumerate(zip(in_process, in_workers)):
-        for a, b in zip(ours, theirs):
+    for epoch, (ours, theirs) in enumerate(zip(in_process, in_workers, strict=True)):
+        for a, b in zip(ours, theirs, strict=True):
             assert torch.equal(a, b), f"epoch {epoch}"
     plain = Folder(root=str(tmp_path), image_size=8, loader="stream").build().train
     untransformed = torch.cat(epochs_of_batches(plain, 1, num_workers=0)[0])  # same order
@@ -80,9 +84,11 @@ def test_transforms_in_the_training_process_leave_its_generator_alone(tmp_path):
     """With no workers the transforms run where dropout draws its masks; they must not
     move that generator, or adding an augmentation would change the model's noise."""
     write_images(tmp_path, count=8)
-    split = Folder(
-        root=str(tmp_path), image_size=8, loader="stream", auto_augment="randaugment"
-    ).build().train
+    split = (
+        Folder(root=str(tmp_path), image_size=8, loader="stream", auto_augment="randaugment")
+        .build()
+        .train
+    )
     torch.manual_seed(5)
     before = torch.get_rng_state()
     epochs_of_batches(split, 1, num_workers=0)

@@ -32,9 +32,12 @@ LAYERS = [
         "toolbox.optimizers",
         "toolbox.schedulers",
         "toolbox.metrics",
+        "toolbox.loggers",
     },
     {"toolbox.config"},
-    {"toolbox.records"},
+    # TensorBoard's sink writes through the records' TensorBoard extras; the registry finds
+    # it by name, and the config layer names no class of it.
+    {"toolbox.records", "toolbox.loggers.tensorboard"},
     {"toolbox.training"},
     {"toolbox.cli", "toolbox.__main__", "toolbox.api"},
 ]

@@ -105,9 +105,7 @@ def test_test_py_in_a_new_process_imports_the_runs_plugins(tmp_path):
     assert (tmp_path / "outputs" / "r" / "test" / "test_metrics.csv").is_file()
 
 
-def test_an_installed_package_registers_its_components_with_no_flag(
-    train, tmp_path, monkeypatch
-):
+def test_an_installed_package_registers_its_components_with_no_flag(train, tmp_path, monkeypatch):
     site = tmp_path / "site"
     write_plugin(site / "lab_models.py", "installed_linear")
     dist_info = site / "lab_models-1.0.dist-info"
@@ -172,6 +170,6 @@ def test_plugins_in_a_config_file_are_imported_before_its_names_are_read(train, 
     try:
         assert train("--config", str(config), "--run-name", "c") == 0
         saved = json.loads((tmp_path / "outputs" / "c" / "config.json").read_text())
-        assert saved["model"] == {"scale": 2.0} and saved["plugins"] == [str(plugin)]
+        assert saved["model"]["scale"] == 2.0 and saved["plugins"] == [str(plugin)]
     finally:
         forget("config_linear")

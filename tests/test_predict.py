@@ -45,8 +45,11 @@ def test_predict_on_a_folder_agrees_with_test_py_on_the_same_files(
     assert predict(str(run_dir), str(root / "test"), "--top-k", "2", "--device", "cpu") == 0
     predicted = pd.read_csv(run_dir / "predict" / "test.csv")
     assert len(predicted) == len(tested) == 18
-    by_file = {str(root / path): name for path, name in zip(tested.path, tested.prediction_name)}
-    assert dict(zip(predicted.path, predicted.prediction_name)) == by_file
+    by_file = {
+        str(root / path): name
+        for path, name in zip(tested.path, tested.prediction_name, strict=True)
+    }
+    assert dict(zip(predicted.path, predicted.prediction_name, strict=True)) == by_file
     np.testing.assert_allclose(
         predicted.sort_values("path").probability,
         tested.assign(path=[str(root / p) for p in tested.path]).sort_values("path").probability,

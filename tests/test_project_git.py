@@ -37,9 +37,7 @@ def test_a_run_records_the_project_it_was_started_from(train, tmp_path, monkeypa
     assert states[str(project.resolve())]["dirty"] is True
 
 
-def test_a_scripts_own_repository_is_recorded_beside_the_working_directorys(
-    tmp_path, monkeypatch
-):
+def test_a_scripts_own_repository_is_recorded_beside_the_working_directorys(tmp_path, monkeypatch):
     here, scripts = tmp_path / "here", tmp_path / "scripts"
     make_repo(here)
     script_commit = make_repo(scripts)

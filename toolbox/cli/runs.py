@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 USAGE = """\
-python -m toolbox runs [DIR] [--csv] [--arch A] [--dataset D] [--status S]
+python -m toolbox runs [DIR] [--csv] [--arch A] [--dataset D] [--status S] [--tag T]...
 python -m toolbox runs show RUN
 python -m toolbox runs diff RUN_A RUN_B
 python -m toolbox runs which CHECKPOINT [--dir DIR]
@@ -64,6 +64,11 @@ def _status(record: dict) -> str:
     return status
 
 
+def _tags(record: dict) -> list[str]:
+    """The run's --tags (a hand-edited record may hold anything in its list)."""
+    return [str(tag) for tag in record.get("tags") or []]
+
+
 def _row(run_dir: Path, root: Path, record: dict | None) -> dict:
     """The run's row in the table; a damaged record (None) gives a row that says so."""
     sound = record is not None
@@ -78,6 +83,7 @@ def _row(run_dir: Path, root: Path, record: dict | None) -> dict:
         "epochs": f"{record.get('epochs_done', 0)}/{record.get('epochs', '?')}" if sound else "",
         "best": "" if value is None else f"{best.get('metric')} {value:.4g}",
         "status": _status(record) if sound else "damaged",
+        "tags": ", ".join(_tags(record)),
         "duration_s": record.get("duration_s"),
     }
 
@@ -88,9 +94,14 @@ def list_runs(args: list[str]) -> None:
     parser.add_argument("--csv", action="store_true")
     for name in ("arch", "dataset", "status"):
         parser.add_argument(f"--{name}")
+    parser.add_argument("--tag", action="append", default=[])  # runs with every tag given
     options = parser.parse_args(args)
     found = _records(options.dir)
-    rows = [_row(run_dir, options.dir, record) for run_dir, record, _ in found]
+    rows = [
+        _row(run_dir, options.dir, record)
+        for run_dir, record, _ in found
+        if set(options.tag) <= set(_tags(record or {}))
+    ]
     rows = [
         row
         for row in rows
@@ -100,14 +111,34 @@ def list_runs(args: list[str]) -> None:
     if options.csv:
         import pandas as pd
 
-        columns = ["run", "date", "arch", "dataset", "epochs", "best", "status", "duration_s"]
+        columns = [
+            "run",
+            "date",
+            "arch",
+            "dataset",
+            "epochs",
+            "best",
+            "status",
+            "tags",
+            "duration_s",
+        ]
         print(pd.DataFrame(rows, columns=columns).to_csv(index=False), end="")
         _report_damage(found)
         return
     from rich.table import Table
 
     table = Table(title=f"{len(rows)} runs in {options.dir}, newest first")
-    for column in ("run", "date", "arch", "dataset", "epochs", "best", "status", "duration"):
+    for column in (
+        "run",
+        "date",
+        "arch",
+        "dataset",
+        "epochs",
+        "best",
+        "status",
+        "tags",
+        "duration",
+    ):
         table.add_column(column, justify="right" if column in ("epochs", "duration") else "left")
     for row in rows:
         seconds = row["duration_s"]
@@ -158,6 +189,10 @@ def show(args: list[str]) -> None:
     record = record or {}
     if record.get("stop_reason") or record.get("error"):
         console.print(f"  {record.get('stop_reason') or record.get('error')}")
+    if _tags(record):
+        console.print(f"  tags: {', '.join(_tags(record))}", markup=False)
+    if record.get("notes"):
+        console.print(f"  notes: {record['notes']}", markup=False)
     for session in record.get("sessions", []):
         git = session.get("git") or {}
         console.print(

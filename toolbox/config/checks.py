@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import timedelta
 
-from toolbox.config.training import DEVICE_PATTERN, SLOTS, TrainingConfig
+from toolbox.config.training import DEVICE_PATTERN, NO_LOGGER, SLOTS, TrainingConfig
 from toolbox.criteria import CRITERIA
 from toolbox.errors import UserError
+from toolbox.loggers import LOGGERS
 from toolbox.metrics import METRICS
+
+TAG_PATTERN = re.compile(r"[\w.:/ -]{1,64}")
+"""A --tags label: up to 64 letters, digits, spaces and ``_ . : / -``, which every tracker
+takes (W&B's tags are 64 characters at most; MLflow's tag names allow only these)."""
 
 
 def problems(config: TrainingConfig) -> list[str]:
@@ -70,6 +76,7 @@ def problems(config: TrainingConfig) -> list[str]:
         found.append(f"--run-name is {config.run_name!r}; give a plain directory name (no '/').")
     for slot in SLOTS:
         found.extend(getattr(config, slot).problems())
+    found.extend(_logger_problems(config))
 
     task = config.data.task
     # A dataset that learns its task from its files ("auto") before it is given any has
@@ -97,6 +104,35 @@ def problems(config: TrainingConfig) -> list[str]:
         found.append(
             f"--monitor is {config.monitor!r}; it must be one of {', '.join(allowed)} "
             "(a metric must also be listed in --metrics)."
+        )
+    return found
+
+
+def _logger_problems(config: TrainingConfig) -> list[str]:
+    """--loggers names known, installed loggers (or none), whose options are sound; --tags
+    are labels every tracker takes."""
+    found = []
+    names = config.loggers
+    unknown = [name for name in names if name != NO_LOGGER and name not in LOGGERS]
+    found += [
+        f"{LOGGERS.unknown_message(name).removesuffix('.')} (or {NO_LOGGER})." for name in unknown
+    ]
+    if NO_LOGGER in names and len(names) > 1:
+        found.append(
+            f"--loggers {' '.join(names)}: {NO_LOGGER} means no tracker; give it alone, or "
+            "only the trackers."
+        )
+    if len(set(names)) != len(names):
+        found.append(f"--loggers {' '.join(names)} names a logger twice.")
+    if not unknown:
+        for logger in config.logger_configs:
+            missing = logger.missing_package()
+            found += [missing] if missing else logger.problems()
+    bad_tags = [tag for tag in config.tags if not TAG_PATTERN.fullmatch(tag)]
+    if bad_tags:
+        found.append(
+            f"--tags {' '.join(map(repr, bad_tags))}: a tag has 1 to 64 letters, digits, "
+            "spaces and _ . : / - (e.g. baseline, lr-sweep)."
         )
     return found
 

@@ -40,6 +40,8 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is Annotated:
         return _convert(typing.get_args(hint)[0], value, where)
+    if dataclasses.is_dataclass(hint):  # a group of options, e.g. TrainingConfig.logger
+        return _from_plain(hint, value, where)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in typing.get_args(hint):
             return None

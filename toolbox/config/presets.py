@@ -41,9 +41,7 @@ def mnist_cnn() -> TrainingConfig:
     from toolbox.models.cnn import CNN
     from toolbox.optimizers.adam import AdamW
 
-    return TrainingConfig(
-        model=CNN(), data=MNIST(), optim=AdamW(lr=1e-3), epochs=5, batch_size=128
-    )
+    return TrainingConfig(model=CNN(), data=MNIST(), optim=AdamW(lr=1e-3), epochs=5, batch_size=128)
 
 
 @register_preset("cifar10_resnet18")

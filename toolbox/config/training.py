@@ -17,6 +17,9 @@ from toolbox.criteria.cross_entropy import CrossEntropy
 from toolbox.datasets import DATASETS, DatasetConfig
 from toolbox.datasets.digits import Digits
 from toolbox.errors import UserError
+from toolbox.loggers import LOGGERS, LoggerConfig
+from toolbox.loggers.mlflow import MLflow
+from toolbox.loggers.wandb import Wandb
 from toolbox.metrics import METRICS
 from toolbox.models import MODELS, ModelConfig
 from toolbox.models.mlp import MLP
@@ -52,6 +55,25 @@ MetricNames = Annotated[
     ),
 ]
 
+NO_LOGGER = "none"
+"""The --loggers choice that selects no tracker (the run's own records are still written)."""
+
+LoggerNames = Annotated[
+    tuple[str, ...],
+    tyro.conf.arg(
+        constructor_factory=lambda: tuple[Literal[(NO_LOGGER, *LOGGERS.names())], ...],
+        help_behavior_hint=_show_default,
+    ),
+]
+
+
+@dataclass(frozen=True)
+class LoggerOptions:
+    """The options of the loggers that have some; each applies when --loggers names it."""
+
+    mlflow: MLflow = field(default_factory=MLflow)
+    wandb: Wandb = field(default_factory=Wandb)
+
 
 # Component slots and the selector field that names each one's registered class.
 SLOTS: dict[str, tuple[str, Registry]] = {
@@ -70,7 +92,13 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 class TrainingConfig:
     """Train a model. Pick components with the selectors; their options follow in groups.
     --sweep KEY=V1,V2 (repeatable, e.g. --sweep optim.lr=0.1,0.01 --sweep seed=0,1) trains
-    every combination into <output-dir>/<run-name>/ and writes summary.csv."""
+    every combination into <output-dir>/<run-name>/ and writes summary.csv; --sweep-workers N
+    trains N at once, each in its own process with cores // N threads (OMP_NUM_THREADS), and
+    --sweep-devices 0,1 one per GPU (CUDA_VISIBLE_DEVICES). --search optuna --search-trials N
+    --search-space KEY=log:LOW:HIGH|float:LOW:HIGH|int:LOW:HIGH|cat:A,B ... --run-name NAME
+    searches with Optuna (--search-sampler tpe|random|grid, --search-pruner none|median|halving
+    on --monitor, --search-storage URL, default sqlite:///<output-dir>/<run-name>/study.db,
+    shared by every process started so; --search-heartbeat S; --search-summary)."""
 
     arch: Annotated[str, _selector(MODELS)] = fixed_on_resume("mlp")
     """Model architecture; its options are listed under --model.* (see --arch NAME --help)."""
@@ -117,6 +145,16 @@ class TrainingConfig:
     """Epochs between two evaluations on the validation split (the last epoch always is)."""
     histogram_every: int = 10
     """Epochs between two TensorBoard histograms of the weights and gradients (0: never)."""
+    loggers: LoggerNames = free_on_resume(("tensorboard",))
+    """Trackers the run also writes to (none: no tracker); metrics.csv, training.log,
+    run.json and curves.png are written whatever they are."""
+    logger: LoggerOptions = free_on_resume(default_factory=LoggerOptions)
+    """The trackers' options (--logger.mlflow.*, --logger.wandb.*)."""
+    notes: str = free_on_resume("")
+    """A note on the run, in run.json and the trackers (MLflow's description, W&B's notes)."""
+    tags: tuple[str, ...] = free_on_resume(())
+    """Labels of the run (e.g. baseline lr-sweep): in run.json, the trackers and the runs
+    table (python -m toolbox runs --tag baseline)."""
     log_every: int = 50
     """Optimizer steps between two progress updates of the loss (each costs one host sync)."""
     monitor: str = fixed_on_resume("val_loss")
@@ -170,6 +208,15 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         for slot in SLOTS:
             _agree(self, slot)
+
+    @property
+    def logger_configs(self) -> list[LoggerConfig]:
+        """The configs of the loggers --loggers names, with their --logger.<name>.* options."""
+        return [
+            getattr(self.logger, name) if hasattr(self.logger, name) else LOGGERS.get(name)()
+            for name in self.loggers
+            if name != NO_LOGGER
+        ]
 
     @property
     def monitor_mode(self) -> Literal["min", "max"]:

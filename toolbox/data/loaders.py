@@ -287,7 +287,11 @@ class StreamLoader(WorkerLoader):
     def __iter__(self) -> Iterator[Batch]:
         for batch in super().__iter__():
             positions, problems = batch.pop("position"), batch.pop("problem")
-            bad = [(p, problem) for p, problem in zip(positions.tolist(), problems) if problem]
+            bad = [
+                (p, problem)
+                for p, problem in zip(positions.tolist(), problems, strict=True)
+                if problem
+            ]
             if bad:
                 self.close()
                 position, problem = bad[0]
@@ -338,9 +342,7 @@ def make_loader(
             placement == "auto" and not fits_on_device(split, device)
         )
         return InMemoryLoader(split, batch_size, pinned=pinned, **common)
-    return WorkerLoader(
-        _TensorDictDataset(split), batch_size, num_workers=num_workers, **common
-    )
+    return WorkerLoader(_TensorDictDataset(split), batch_size, num_workers=num_workers, **common)
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:

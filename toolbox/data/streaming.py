@@ -80,9 +80,10 @@ def sample_transform(
     size: tuple[int, int], augment: str, auto_augment: str, random_erasing: float
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The training split's per-sample transforms on uint8 (C, H, W) images, in
-    torchvision.transforms.v2: random crop to ``size`` with 4 px zero padding and horizontal flip (as
-    --data.augment does on the device for memory loading), RandAugment or TrivialAugment,
-    random erasing with probability ``random_erasing``; None when there is none."""
+    torchvision.transforms.v2: random crop to ``size`` with 4 px zero padding and horizontal
+    flip (as --data.augment does on the device for memory loading), RandAugment or
+    TrivialAugment, random erasing with probability ``random_erasing``; None when there is
+    none."""
     from torchvision.transforms import v2
 
     steps = []
@@ -97,4 +98,3 @@ def sample_transform(
     if random_erasing > 0:
         steps.append(v2.RandomErasing(p=random_erasing))
     return v2.Compose(steps) if steps else None
-

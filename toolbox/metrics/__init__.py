@@ -1,4 +1,6 @@
-"""Metrics: exact over a whole split, accumulated on the device as (sum, count) pairs."""
+"""Metrics: exact over a whole split. Most are sums and counts accumulated on the device
+(``batch_sum``); the others (macro F1, AUROC) keep a torchmetrics state over the split
+(``make_state``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from toolbox.registry import Registry
 
 if TYPE_CHECKING:
     import torch
+    import torchmetrics
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,15 @@ class MetricConfig(Component):
 
     def finalize(self, total: float, count: int) -> float:
         return total / max(count, 1)
+
+    def make_state(self, num_outputs: int, **options) -> torchmetrics.Metric | None:
+        """For a metric that is not a sum over samples: a torchmetrics Metric that the
+        evaluation updates with each batch's ``(output, target)`` (the model's float32
+        outputs, e.g. logits of ``num_outputs`` classes) and computes once, to a scalar,
+        over the whole split. ``options`` are torchmetrics' Metric keyword arguments the
+        evaluation sets (``sync_on_compute``: whether to gather the states of all torchrun
+        ranks); pass them on. None (the default): the metric is ``batch_sum``'s."""
+        return None
 
 
 METRICS: Registry[MetricConfig] = Registry("metric", __name__, MetricConfig, "--metrics")

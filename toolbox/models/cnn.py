@@ -18,7 +18,8 @@ class CNN(ModelConfig):
     """Dropout probability before each linear layer, in [0, 1)."""
 
     def problems(self) -> list[str]:
-        found = self.not_positive("hidden_size") + self.not_probability("dropout")
+        found = super().problems() + self.not_positive("hidden_size")
+        found += self.not_probability("dropout")
         if min(self.channels) <= 0:
             found.append(
                 f"--model.channels is {list(self.channels)}; both must be positive "

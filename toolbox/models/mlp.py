@@ -25,7 +25,7 @@ class MLP(ModelConfig):
     """Normalisation after each hidden linear layer."""
 
     def problems(self) -> list[str]:
-        found = []
+        found = super().problems()
         if any(size <= 0 for size in self.hidden_sizes):
             found.append(
                 f"--model.hidden-sizes is {list(self.hidden_sizes)}; every width must be a "

@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from toolbox.errors import UserError
 from toolbox.models import ModelConfig, register_model
 
 # Inputs up to this size get the small-image stem (3x3 stride-1 conv, no max-pool), which
@@ -41,6 +42,32 @@ class _ResNet(ModelConfig):
         elif in_channels != 3:
             model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         return model
+
+    def named_weights(self, name: str) -> dict:
+        """torchvision's weights ``name`` for this ResNet, from its cache (TORCH_HOME), or
+        downloaded there."""
+        from pathlib import Path
+
+        import torch
+        import torchvision
+
+        choices = torchvision.models.get_model_weights(self.torchvision_name)
+        if name not in choices.__members__:
+            raise UserError(
+                f"--model.weights {name!r} is neither a file nor one of torchvision's "
+                f"{self.torchvision_name} weights ({', '.join(choices.__members__)}); give a "
+                "weights file (a state_dict or a toolbox checkpoint) or one of those names."
+            )
+        weights = choices[name]
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        try:
+            return weights.get_state_dict(progress=True, check_hash=True)
+        except OSError as error:  # offline (URLError is an OSError), or the cache unwritable
+            raise UserError(
+                f"--model.weights {name}: torchvision's {weights} are not in its cache and "
+                f"could not be downloaded ({error}); download {weights.url} to {cached} "
+                "(TORCH_HOME moves the cache), or give the path of a weights file."
+            ) from None
 
 
 @register_model("resnet18")

@@ -40,18 +40,33 @@ class OptimizerConfig(Component):
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         """Two groups: matrices and conv kernels decay; biases, norm weights (1-D) and
-        parameters a model marks ``no_weight_decay`` (a ViT's tokens and positions) don't."""
+        parameters a model marks ``no_weight_decay`` (a ViT's tokens and positions) don't.
+        Parameters marked with an ``lr_scale`` (pretrained ones, --model.pretrained-lr-scale)
+        get groups of their own at that fraction of the rate, after the others: the first
+        group's rate is the one logged."""
         params = [p for p in model.parameters() if p.requires_grad]
         if self.decay_norm_and_bias:
-            return [{"params": params, "weight_decay": self.weight_decay}]
+            groups = [{"params": params, "weight_decay": self.weight_decay}]
+        else:
 
-        def decays(param) -> bool:
-            return param.ndim >= 2 and not getattr(param, "no_weight_decay", False)
+            def decays(param) -> bool:
+                return param.ndim >= 2 and not getattr(param, "no_weight_decay", False)
 
-        return [
-            {"params": [p for p in params if decays(p)], "weight_decay": self.weight_decay},
-            {"params": [p for p in params if not decays(p)], "weight_decay": 0.0},
-        ]
+            groups = [
+                {"params": [p for p in params if decays(p)], "weight_decay": self.weight_decay},
+                {"params": [p for p in params if not decays(p)], "weight_decay": 0.0},
+            ]
+        scales = sorted({getattr(p, "lr_scale", 1.0) for p in params} - {1.0})
+        if not scales:
+            return groups
+        split = []
+        for scale in (1.0, *scales):
+            for group in groups:
+                chosen = [p for p in group["params"] if getattr(p, "lr_scale", 1.0) == scale]
+                if chosen:
+                    lr = {} if scale == 1.0 else {"lr": self.lr * scale}
+                    split.append({**group, "params": chosen, **lr})
+        return split
 
     def kernel_options(self, model: nn.Module) -> dict[str, bool]:
         """Fused kernels (one per step for all parameters) where torch has them: about 20%

@@ -76,7 +76,9 @@ def source_hashes(directory: Path) -> dict[str, str]:
 
 class RunRecord:
     """``run.json``: how the run was made (command, host, code) and how it went (status,
-    sessions, best metric, why it stopped), so that it can be reproduced and compared."""
+    sessions, best metric, why it stopped), so that it can be reproduced and compared; its
+    --notes and --tags; and its runs in the trackers (``trackers``: {"mlflow": {"run_id":
+    ...}, "wandb": {"id": ...}}), which a resumed session continues."""
 
     # The JSON types each field must have where present. A record that breaks them was cut
     # short or edited by hand; reading on would fail far from the cause (a resumed session's
@@ -97,6 +99,9 @@ class RunRecord:
         "duration_s": (int, float),
         "ended": (str,),
         "damaged_record": (str,),
+        "notes": (str,),
+        "tags": (list,),
+        "trackers": (dict,),
     }
     BEST_FIELDS: dict[str, tuple[type, ...]] = {
         "metric": (str,),
@@ -253,9 +258,22 @@ class RunRecord:
             dataset=config.dataset,
             epochs=config.epochs,
             monitor=config.monitor,
+            notes=config.notes,
+            tags=list(config.tags),
             error=None,
             stop_reason=None,
         )
+        self.save()
+
+    def tracker_state(self, logger: str) -> dict:
+        """What the sink of ``logger`` kept here last session (its tracker run's id), or {}."""
+        state = self.data.get("trackers", {}).get(logger)
+        return state if isinstance(state, dict) else {}
+
+    def set_trackers(self, states: dict[str, dict]) -> None:
+        """Each tracker's run (its id, where it is), by logger name; those this session does
+        not use are kept, so that a later session naming one again continues its run."""
+        self.data["trackers"] = {**self.data.get("trackers", {}), **states}
         self.save()
 
     def progress(
@@ -279,6 +297,8 @@ class RunRecord:
             "created": _now(),
             "sessions": [],
             **{key: config[key] for key in ("arch", "dataset", "epochs", "monitor")},
+            "notes": config.get("notes", ""),
+            "tags": list(config.get("tags", [])),
             "status": "finished",
             "error": None,
             "stop_reason": None,

@@ -1,5 +1,6 @@
 """TensorBoard extras: figures, hyper-parameters, weight and gradient histograms, a grid of
-training samples (torch imported inside the functions)."""
+training samples (torch imported inside the functions). The tensorboard logger
+(toolbox.loggers.tensorboard) writes through them."""
 
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ if TYPE_CHECKING:
 
 def write_figures(writer: SummaryWriter, run_dir: Path, figures: Mapping, step: int) -> None:
     """A model's figures, each an image tensor (C, H, W) in [0, 1] or a matplotlib figure,
-    to TensorBoard under ``figures/<name>`` and to ``<run_dir>/<name>.png``."""
+    to ``<run_dir>/<name>.png`` and to TensorBoard under ``figures/<name>``."""
+    save_figures(run_dir, figures)
+    add_figures(writer, figures, step)
+
+
+def save_figures(run_dir: Path, figures: Mapping) -> None:
+    """Each of a model's figures (an image tensor or a matplotlib figure) as
+    ``<run_dir>/<name>.png``."""
     import torch
     from torchvision.utils import save_image
 
@@ -27,12 +35,23 @@ def write_figures(writer: SummaryWriter, run_dir: Path, figures: Mapping, step: 
         png = run_dir / f"{name}.png"
         if isinstance(figure, torch.Tensor):
             image = figure.detach().float().cpu().clamp(0, 1)
-            writer.add_image(f"figures/{name}", image, step, dataformats="CHW")
             write_atomically(png, lambda file, image=image: save_image(image, file, format="png"))
         else:
             write_atomically(
                 png, lambda file, figure=figure: figure.savefig(file, format="png", dpi=100)
             )
+
+
+def add_figures(writer: SummaryWriter, figures: Mapping, step: int) -> None:
+    """Each of a model's figures to TensorBoard under ``figures/<name>`` (a matplotlib
+    figure is closed: save it before)."""
+    import torch
+
+    for name, figure in figures.items():
+        if isinstance(figure, torch.Tensor):
+            image = figure.detach().float().cpu().clamp(0, 1)
+            writer.add_image(f"figures/{name}", image, step, dataformats="CHW")
+        else:
             writer.add_figure(f"figures/{name}", figure, step)  # and closes it
     writer.flush()
 
@@ -186,7 +205,29 @@ def log_sample_grid(
     normalized: bool = False,
     min_size: int = 32,
 ) -> bool:
-    """A grid of up to ``max_samples`` images (8 a row) under ``tag``, for image datasets.
+    """``sample_grid``'s grid of ``inputs`` under ``tag``, for image datasets. Returns False,
+    writing nothing, for inputs that are not such images."""
+    grid = sample_grid(
+        inputs, mean, std, max_samples=max_samples, normalized=normalized, min_size=min_size
+    )
+    if grid is None:
+        return False
+    writer.add_image(tag, grid, step, dataformats="CHW")
+    writer.flush()
+    return True
+
+
+def sample_grid(
+    inputs: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    max_samples: int = 64,
+    normalized: bool = False,
+    min_size: int = 32,
+) -> torch.Tensor | None:
+    """A grid of up to ``max_samples`` images (8 a row), an RGB (3, H, W) tensor in [0, 1];
+    None for inputs that are not images.
 
     ``inputs`` is (N, C, H, W) with C 1 or 3, in the dataset's stored units (uint8 pixels or
     floats; pass ``normalized=True`` for batches already turned into ``(x - mean) / std``).
@@ -195,13 +236,12 @@ def log_sample_grid(
     batch's min and max, mapped to [0, 1]: for pixels that is their own full range (0-255
     for MNIST and CIFAR, 0-16 for the 8x8 digits); unbounded floats are clipped at 3 std.
     Images smaller than ``min_size`` pixels are enlarged by an integer factor (nearest
-    neighbour) so that the grid is legible. Returns False, writing nothing, for inputs that
-    are not such images.
+    neighbour) so that the grid is legible.
     """
     import torch
 
     if inputs.ndim != 4 or inputs.shape[1] not in (1, 3) or inputs.shape[0] == 0:
-        return False
+        return None
     images = inputs[:max_samples].detach().to("cpu", torch.float32)
     channels = images.shape[1]
     mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
@@ -214,7 +254,7 @@ def log_sample_grid(
         images = images * std_t.reshape(1, -1, 1, 1) + mean_t.reshape(1, -1, 1, 1)
     finite = images[torch.isfinite(images)]
     if finite.numel() == 0:
-        return False
+        return None
     low = max(float(finite.min()), float((mean_t - 3 * std_t).min()))
     high = min(float(finite.max()), float((mean_t + 3 * std_t).max()))
     if not high > low:  # constant images, or a degenerate std
@@ -227,10 +267,7 @@ def log_sample_grid(
     factor = math.ceil(min_size / min(images.shape[-2:]))
     if factor > 1:
         images = images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
-    grid = _grid(images, columns=8, padding=2, pad_value=1.0)
-    writer.add_image(tag, grid, step, dataformats="CHW")
-    writer.flush()
-    return True
+    return _grid(images, columns=8, padding=2, pad_value=1.0)
 
 
 def _grid(images: torch.Tensor, columns: int, padding: int, pad_value: float) -> torch.Tensor:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -35,11 +36,21 @@ class Parts:
     val_loader: object
     skipped_init_keys: list[str]
     """The --init-from keys left out (their shapes differ, e.g. a new classifier head)."""
+    notes: list[str] = field(default_factory=list)
+    """What the run's log says about how it was built (the --model.weights loaded)."""
 
 
-def build_run(config: TrainingConfig, dist: Distributed, *, fresh: bool) -> tuple[RunState, Parts]:
-    """The run's state, as a new run starts it (``fresh``: --init-from applies; a resume then
-    restores the state), and its other parts."""
+def build_run(
+    config: TrainingConfig, dist: Distributed, *, resumed: dict | None = None
+) -> tuple[RunState, Parts]:
+    """The run's state, as a new run starts it (--model.weights and --init-from apply; a
+    resume, given its checkpoint ``resumed``, then restores the state), and its other parts."""
+    fresh = resumed is None
+    if dist.is_main:  # the rank that will write to the trackers
+        # A resumed run lives where its checkpoint is; a new one goes under --output-dir.
+        runs_dir = Path(config.resume).parent.parent if config.resume else config.output_dir
+        for logger in config.logger_configs:
+            logger.check(runs_dir)
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
         torch.use_deterministic_algorithms(True)
@@ -48,6 +59,7 @@ def build_run(config: TrainingConfig, dist: Distributed, *, fresh: bool) -> tupl
     device = resolve_device(dist.device or config.device)
     splits = config.data.build()
     model = _model(config, splits.info, device, dist)
+    pretrained_keys, notes = _pretrained(config.model, model, resumed)
     if dist.rank > 0:
         # Every rank built the same initial weights; from here on each draws its own
         # dropout masks and noise. Rank 0 keeps the single-process stream.
@@ -83,9 +95,69 @@ def build_run(config: TrainingConfig, dist: Distributed, *, fresh: bool) -> tupl
         augment=augment,
         steps_per_epoch=steps_per_epoch,
         data_info=splits.info,
+        pretrained_keys=pretrained_keys,
     )
-    parts = Parts(device, splits, criterion, metrics, normalizer, val_loader, skipped_init_keys)
+    parts = Parts(
+        device, splits, criterion, metrics, normalizer, val_loader, skipped_init_keys, notes
+    )
     return state, parts
+
+
+def _pretrained(model_config, model: torch.nn.Module, resumed: dict | None):
+    """Loads --model.weights into a new run's model, freezes its backbone for --model.freeze
+    backbone, and marks the loaded parameters with --model.pretrained-lr-scale for the
+    optimizer's groups. Returns the loaded keys (a resume reads them from its checkpoint, so
+    its optimizer has the same groups) and what to log."""
+    loaded: list[str] = []
+    notes: list[str] = []
+    if model_config.weights and resumed is not None:
+        loaded = list(resumed.get("pretrained_keys") or [])
+    elif model_config.weights:
+        source = f"--model.weights {model_config.weights}"
+        weights = _weights_of(model_config)
+        own = model.state_dict()
+        skipped = checkpoint.load_model_state(model, weights, source, strict=False)
+        loaded = sorted(own.keys() - set(skipped))
+        if not loaded:
+            raise UserError(
+                f"{source}: none of the {len(own)} tensors of --arch "
+                f"{model_config.registered_name} fits it (are they another architecture's "
+                "weights?); give weights of this architecture (--init-from loads a run's "
+                "weights too, into whichever tensors fit)."
+            )
+        shown = ", ".join(skipped) if skipped else "none"
+        notes.append(
+            f"{source}: loaded {len(loaded)} of {len(own)} tensors; skipped (shape differs "
+            f"or absent): {shown}"
+        )
+    if model_config.pretrained_lr_scale != 1.0:
+        names = set(loaded)
+        for name, param in model.named_parameters():
+            if name in names:
+                param.lr_scale = model_config.pretrained_lr_scale  # read by param_groups
+    if model_config.freeze == "backbone":
+        head = model_config.head_prefix(model)
+        for name, param in model.named_parameters():
+            param.requires_grad = name.startswith(f"{head}.")
+        notes.append(f"--model.freeze backbone: training {head} only")
+    return loaded, notes
+
+
+def _weights_of(model_config) -> dict[str, torch.Tensor]:
+    """The state_dict --model.weights names: a file, or the model's named weights."""
+    name = model_config.weights
+    path = Path(name).expanduser()
+    if path.exists() or "/" in name or path.suffix:
+        if not path.is_file():
+            raise UserError(f"--model.weights {name} does not exist; give a weights file.")
+        return checkpoint.load_weights(path)
+    named = model_config.named_weights(name)
+    if named is None:
+        raise UserError(
+            f"--model.weights {name} is not a file, and --arch {model_config.registered_name} "
+            "has no named weights; give the path of a state_dict or a toolbox checkpoint."
+        )
+    return named
 
 
 def _model(config: TrainingConfig, info, device: torch.device, dist: Distributed):

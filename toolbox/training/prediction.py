@@ -32,8 +32,10 @@ def read_inputs(paths: list[Path], config, info: DatasetInfo, batch_size: int) -
     """The inputs ``paths`` name: tables (for a table run), .pt/.npz files of inputs, or
     image files and folders of them."""
     kinds = {
-        "table" if p.suffix.lower() in TABLE_SUFFIXES
-        else "tensors" if p.suffix.lower() in TENSOR_SUFFIXES
+        "table"
+        if p.suffix.lower() in TABLE_SUFFIXES
+        else "tensors"
+        if p.suffix.lower() in TENSOR_SUFFIXES
         else "images"
         for p in paths
     }
@@ -162,9 +164,11 @@ def predict_rows(model, inputs: Inputs, info: DatasetInfo, device, top_k: int, p
             if info.task != "classification":
                 values = outputs.reshape(len(names), -1)
                 for name, value in zip(names, values.tolist(), strict=True):
-                    columns = {"prediction": value[0]} if len(value) == 1 else {
-                        f"prediction_{i}": v for i, v in enumerate(value)
-                    }
+                    columns = (
+                        {"prediction": value[0]}
+                        if len(value) == 1
+                        else {f"prediction_{i}": v for i, v in enumerate(value)}
+                    )
                     rows.append({inputs.name_column: name, **columns})
                 continue
             probabilities = outputs.softmax(dim=1)
@@ -176,7 +180,7 @@ def predict_rows(model, inputs: Inputs, info: DatasetInfo, device, top_k: int, p
                 row["prediction_name"] = _class_name(info, classes[0])
                 row["probability"] = values[0]
                 if top_k > 1:
-                    for rank, (cls, value) in enumerate(zip(classes, values), start=1):
+                    for rank, (cls, value) in enumerate(zip(classes, values, strict=True), start=1):
                         row[f"top{rank}_name"] = _class_name(info, cls)
                         row[f"top{rank}_probability"] = value
                 rows.append(row)

@@ -1,21 +1,25 @@
 """What a run writes about itself, by the one rank that writes.
 
-The run's own record is always written: metrics.csv, training.log, run.json and
-curves.png. Loggers (sinks) get the same values: TensorBoard today; MLflow or W&B are
-further sinks. A rank that does not write holds a NullRecorder, whose every call does
-nothing, so that no caller asks which rank it is on."""
+The run's own record is always written: metrics.csv, training.log, run.json, curves.png
+and a model's figures as PNGs. The loggers --loggers names (toolbox.loggers: TensorBoard,
+MLflow, W&B) get the same values through their sinks; one that fails is warned about once
+and left out, and the run goes on. A rank that does not write holds a NullRecorder, whose
+every call does nothing, so that no caller asks which rank it is on."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
-from toolbox.config.plain import to_plain
+from toolbox.config.plain import flat, to_plain
 from toolbox.config.training import TrainingConfig
+from toolbox.loggers import Sink, TrackedRun
+from toolbox.loggers.tensorboard import TensorBoardSink
 from toolbox.records import checkpoint, curves, tensorboard
 from toolbox.records.atomic import write_json
 from toolbox.records.durations import format_duration
@@ -30,62 +34,6 @@ from toolbox.training.distributed import Distributed
 from toolbox.training.events import Listener
 from toolbox.training.state import RunState
 from toolbox.training.steps import draw_figures
-
-
-class Sink:
-    """A logger the recorder fans out to; each call does nothing unless overridden."""
-
-    def evaluation(self, row: dict[str, float | int]) -> None:
-        """An evaluation's metrics.csv row."""
-
-    def step_loss(self, loss: float, step: int) -> None:
-        """The mean training loss of the last --log-every steps, at optimizer step ``step``."""
-
-    def histograms(self, model: torch.nn.Module, epoch: int, grad_scale: float) -> None:
-        """Weights and gradients (still scaled by ``grad_scale``) after ``epoch`` epochs."""
-
-    def figures(self, figures: Mapping, epoch: int) -> None:
-        """A model's figures (image tensors or matplotlib figures)."""
-
-    def end_of_run(self, config_plain: dict, final: dict[str, float], epoch: int) -> None:
-        """The run's hyper-parameters with its final values."""
-
-    def close(self) -> None:
-        pass
-
-
-class TensorBoard(Sink):
-    """TensorBoard event files in the run directory (and a model's figures as PNGs)."""
-
-    def __init__(self, run_dir: Path, purge_step: int | None) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.run_dir = run_dir
-        # purge_step drops points a crashed session logged after its last checkpoint.
-        self.writer = SummaryWriter(str(run_dir), purge_step=purge_step)
-
-    def evaluation(self, row: dict[str, float | int]) -> None:
-        epoch = row["epoch"]
-        self.writer.add_scalar("lr", row["lr"], epoch)
-        for name, value in row.items():
-            if name.startswith(("train_", "val_")):  # train_loss -> train/loss
-                self.writer.add_scalar(name.replace("_", "/", 1), value, epoch)
-        self.writer.flush()
-
-    def step_loss(self, loss: float, step: int) -> None:
-        self.writer.add_scalar("train/loss_step", loss, step)
-
-    def histograms(self, model: torch.nn.Module, epoch: int, grad_scale: float) -> None:
-        tensorboard.log_histograms(self.writer, model, epoch, grad_scale=grad_scale)
-
-    def figures(self, figures: Mapping, epoch: int) -> None:
-        tensorboard.write_figures(self.writer, self.run_dir, figures, epoch)
-
-    def end_of_run(self, config_plain: dict, final: dict[str, float], epoch: int) -> None:
-        tensorboard.log_hparams(self.writer, config_plain, final, step=epoch)
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 class NullRecorder(Listener):
@@ -119,7 +67,8 @@ class NullRecorder(Listener):
 
 
 class Recorder(NullRecorder):
-    """The run's record (metrics.csv, training.log, run.json, curves.png) and its sinks."""
+    """The run's record (metrics.csv, training.log, run.json, curves.png) and its loggers'
+    sinks, by logger name."""
 
     def __init__(
         self,
@@ -128,24 +77,27 @@ class Recorder(NullRecorder):
         table: MetricsTable,
         record: RunRecord,
         plotter: curves.CurvesPlotter,
-        sinks: list[Sink],
+        sinks: dict[str, Sink],
         state: RunState,
         test_command: str,
     ) -> None:
         super().__init__(logger)
         self.config, self.table, self.record, self.plotter = config, table, record, plotter
         self.sinks = sinks
-        self.tensorboard = next(sink for sink in sinks if isinstance(sink, TensorBoard))
-        self.writer = self.tensorboard.writer
+        self.writer = next(
+            (sink.writer for sink in sinks.values() if isinstance(sink, TensorBoardSink)), None
+        )
+        """The TensorBoard logger's writer, for code that adds to it (None without one)."""
         self.run_id = record.run_id
+        self.status = "failed"
+        """How the session ended, for the trackers: set by end_of_run and on_fit_end."""
         self.state, self.test_command = state, test_command
         self.last_values: dict[str, float] = {}
         """The last evaluation's val_* values, for the end-of-run hyper-parameters."""
 
     def on_evaluation_end(self, row: dict[str, float | int], improved: bool) -> None:
         self.table.append(row)
-        for sink in self.sinks:
-            sink.evaluation(row)
+        self._fan_out("evaluation", row)
         self.last_values = {key: value for key, value in row.items() if key.startswith("val_")}
         # The last epoch's drawing starts now, while the last checkpoints are written.
         self.plotter.update(force=row["epoch"] >= self.config.epochs)
@@ -164,6 +116,7 @@ class Recorder(NullRecorder):
         )
 
     def on_fit_end(self, status: str, reason: str | None, error: str | None) -> None:
+        self.status = status
         self.record.finish(status, error=error, reason=reason)
         if status != "finished":
             return
@@ -179,32 +132,38 @@ class Recorder(NullRecorder):
         )
 
     def step_loss(self, loss: float, step: int) -> None:
-        for sink in self.sinks:
-            sink.step_loss(loss, step)
+        self._fan_out("step_loss", loss, step)
 
     def histograms(
         self, model: torch.nn.Module, epoch: int, grad_scale: Callable[[], float]
     ) -> None:
         """``grad_scale`` is called here only: reading the scale is a host sync."""
-        scale = grad_scale()
-        for sink in self.sinks:
-            sink.histograms(model, epoch, scale)
+        if self.sinks:
+            self._fan_out("histograms", model, epoch, grad_scale())
 
     def draw_figures(self, model: torch.nn.Module, epoch: int) -> None:
         """The figures of a model that draws some (e.g. a diffusion model's samples), once
         per evaluation: only this rank pays for drawing them."""
         figures = draw_figures(model)
         if figures:
-            for sink in self.sinks:
-                sink.figures(figures, epoch)
+            tensorboard.save_figures(self.record.run_dir, figures)  # whatever the loggers
+            self._fan_out("figures", figures, epoch, self.state.progress.step)
+
+    def show_samples(self, splits) -> None:
+        """A grid of the first training images (for image datasets), at step 0."""
+        info = splits.info
+        if self.sinks and len(info.input_shape) == 3:
+            grid = tensorboard.sample_grid(splits.first_inputs(64), info.mean, info.std)
+            if grid is not None:
+                self._fan_out("images", {"samples/train": grid}, 0)
 
     def end_of_run(self) -> None:
         self.redraw_curves()
         progress = self.state.progress
         final = {**self.last_values, f"best_{self.config.monitor}": progress.best_value}
         final = {key: value for key, value in final.items() if value is not None}
-        for sink in self.sinks:
-            sink.end_of_run(to_plain(self.config), final, progress.epoch)
+        self.status = "finished"
+        self._fan_out("end_of_run", to_plain(self.config), final, progress.epoch)
 
     def redraw_curves(self) -> None:
         """Draw curves.png from the whole table and wait for it: once the run is recorded
@@ -214,8 +173,27 @@ class Recorder(NullRecorder):
 
     def close(self) -> None:
         self.plotter.finish()  # a failed run's last drawing, if one is still on its way
-        for sink in self.sinks:
-            sink.close()
+        self._fan_out("close", self.status)
+
+    def _fan_out(self, call: str, *args) -> None:
+        """``call`` on every sink. One that raises (its tracking server is gone, its disk is
+        full) is warned about once and left out from then on: the run's own record has
+        everything, and a tracker is not worth stopping the training for."""
+        for name, sink in list(self.sinks.items()):
+            try:
+                getattr(sink, call)(*args)
+            except Exception as error:
+                del self.sinks[name]
+                self.logger.warning(
+                    "--loggers %s failed (%s: %s); the run goes on without it (metrics.csv, "
+                    "training.log and run.json record everything)",
+                    name,
+                    type(error).__name__,
+                    error,
+                )
+                if call != "close":
+                    with suppress(Exception):  # what it holds open, if it still can
+                        sink.close("failed")
 
 
 def open_recorder(
@@ -247,7 +225,7 @@ def open_recorder(
             logger.info("removed %s, left by an interrupted write", stale.name)
         # Rows and points written after the checkpoint was taken would be repeated.
         table.drop_rows_after(progress.step)
-    board = TensorBoard(run_dir, purge_step=progress.step if resumed else None)
+    sinks = _open_sinks(run_dir, config, record, logger, progress.step if resumed else None)
     plotter = curves.CurvesPlotter(
         table.path,
         run_dir / curves.CURVES,
@@ -255,11 +233,9 @@ def open_recorder(
         higher_is_better={name: metric.higher_is_better for name, metric in parts.metrics.items()},
         background=True,  # drawn in a child process: the loop pays one line on a pipe
     )
-    splits = parts.splits
-    info = splits.info
-    if not resumed and len(info.input_shape) == 3:
-        inputs = splits.first_inputs(64)
-        tensorboard.log_sample_grid(board.writer, inputs, info.mean, info.std, step=0)
+    recorder = Recorder(config, logger, table, record, plotter, sinks, state, test_command)
+    if not resumed:
+        recorder.show_samples(parts.splits)
     for note in notes:
         logger.info("%s", note)
     if dist.enabled:
@@ -271,7 +247,39 @@ def open_recorder(
             config.batch_size * dist.world_size,
             f" (x{config.grad_accum} accumulated per step)" if config.grad_accum > 1 else "",
         )
-    return Recorder(config, logger, table, record, plotter, [board], state, test_command)
+    return recorder
+
+
+def _open_sinks(
+    run_dir: Path,
+    config: TrainingConfig,
+    record: RunRecord,
+    logger: logging.Logger,
+    resumed_step: int | None,
+) -> dict[str, Sink]:
+    """The sinks of the loggers --loggers names, each continuing its tracker's run when the
+    run is resumed; their ids go to run.json. One that cannot start is warned about and left
+    out (its store was checked before the run began)."""
+    params = flat(to_plain(config))
+    sinks = {}
+    for logger_config in config.logger_configs:
+        name = logger_config.registered_name
+        run = TrackedRun(
+            run_dir, params, config.notes, config.tags, resumed_step, record.tracker_state(name)
+        )
+        try:
+            sinks[name] = logger_config.build(run)
+        except Exception as error:
+            logger.warning(
+                "--loggers %s could not start (%s: %s); the run goes on without it",
+                name,
+                type(error).__name__,
+                error,
+            )
+    states = {name: sink.state() for name, sink in sinks.items()}
+    if any(states.values()):
+        record.set_trackers({name: state for name, state in states.items() if state})
+    return sinks
 
 
 def _start_record(

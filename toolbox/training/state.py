@@ -121,11 +121,14 @@ class RunState:
         augment: BatchAugment | None,
         steps_per_epoch: int,
         data_info=None,
+        pretrained_keys: list[str] = (),
     ) -> None:
         """``data_info`` (the dataset's DatasetInfo) is saved for what uses the trained
-        model without its data: toolbox.load_model, prediction, export."""
+        model without its data: toolbox.load_model, prediction, export; ``pretrained_keys``
+        (the tensors --model.weights loaded) for a resume's optimizer groups."""
         self.config, self.dist = config, dist
         self.data_info = data_info
+        self.pretrained_keys = list(pretrained_keys)
         self.model, self.ema = model, ema
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.train_loader, self.augment = train_loader, augment
@@ -186,6 +189,7 @@ class RunState:
             "ranks": ranks if len(ranks) > 1 else None,
             "progress": dataclasses.asdict(self.progress),
             "data_info": dataclasses.asdict(self.data_info) if self.data_info else None,
+            "pretrained_keys": self.pretrained_keys,
         }
 
     @staticmethod

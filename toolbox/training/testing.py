@@ -1,6 +1,8 @@
-"""test.py's work: evaluate a run's checkpoint on a split and write its metrics and predictions.
+"""test.py's work: evaluate a run's checkpoint on a split and write its metrics and predictions,
+and for classes the confusion matrix, a per-class table and a picture of the matrix.
 
-torch, pandas and rich are imported inside the functions: test.py --help needs none."""
+torch, pandas, matplotlib and rich are imported inside the functions: test.py --help needs
+none."""
 
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ def evaluate_run(
     options: EvaluateConfig,
     adjust_config: Callable[[TrainingConfig], TrainingConfig] | None = None,
 ) -> Path:
-    """Evaluate, print a table, and write ``<run>/test/<split>_{metrics,predictions}.csv``;
-    ``adjust_config`` may change the run's config first (test.py's --model.* options)."""
+    """Evaluate, print a table, and write ``<run>/test/<split>_{metrics,predictions}.csv``
+    (for classes also ``_probabilities.csv``, ``_confusion_matrix.csv``, ``_per_class.csv``
+    and ``_confusion_matrix.png``); ``adjust_config`` may change the run's config first
+    (test.py's --model.* options)."""
     if not DEVICE_PATTERN.fullmatch(options.device):
         raise UserError(
             f"--device is {options.device!r}; use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps."
@@ -37,11 +41,14 @@ def evaluate_run(
     result, splits = _evaluate(options, config, state, str(checkpoint_path), averaged, out_dir)
     summary = {**result.losses, **result.metrics}
     columns = _named(result.predictions, splits, options.split)
-    num_samples = _write_tables(summary, columns, out_dir, options.split)
+    num_samples, written = _write_tables(summary, columns, out_dir, options.split)
+    if result.tables:
+        title = f"{config.arch} on {config.dataset}, {options.split} split"
+        written += _write_class_tables(result, splits.info.class_names, out_dir, options, title)
     progress = state["progress"]
     where = f"{checkpoint_path} (epoch {progress['epoch']}, step {progress['step']}"
     where += ", moving average of the weights)" if averaged else ")"
-    _print_summary(config, options.split, num_samples, where, summary, out_dir)
+    _print_summary(config, options.split, num_samples, where, summary, written)
     return out_dir
 
 
@@ -97,7 +104,8 @@ def _evaluate(
         num_workers=config.num_workers,  # used by streamed splits
     )
     out_dir.mkdir(exist_ok=True)
-    steps = as_steps(model, config.loss.build().to(device), info.task == "classification")
+    classification = info.task == "classification"
+    steps = as_steps(model, config.loss.build().to(device), classification)
     result = evaluate_steps(
         steps,
         loader,
@@ -106,6 +114,7 @@ def _evaluate(
         device=device,
         precision=config.precision,
         keep_predictions=True,
+        class_tables=classification,
     )
     figures = draw_figures(model)
     if figures:
@@ -131,12 +140,23 @@ def _named(columns: dict, splits, split: str) -> dict:
     return named
 
 
-def _write_tables(summary: dict, columns: dict, out_dir: Path, split: str) -> int:
+def _write_csv(frame, path: Path, index: bool = False) -> Path:
+    """Writes a pandas DataFrame atomically: a reader never sees half a table."""
+    from toolbox.records.atomic import write_atomically
+
+    write_atomically(path, lambda file: frame.to_csv(file, index=index))
+    return path
+
+
+def _write_tables(
+    summary: dict, columns: dict, out_dir: Path, split: str
+) -> tuple[int, list[Path]]:
     """``<split>_metrics.csv`` (one row) and ``<split>_predictions.csv`` (one row per sample,
-    a column per value, or per output of a multi-output value); returns the samples."""
+    a column per value, or per output of a multi-output value); returns the samples and
+    the files."""
     import pandas as pd
 
-    pd.DataFrame([summary]).to_csv(out_dir / f"{split}_metrics.csv", index=False)
+    metrics_csv = _write_csv(pd.DataFrame([summary]), out_dir / f"{split}_metrics.csv")
     predictions = {"index": range(len(next(iter(columns.values()))))}
     for key, values in columns.items():
         if not hasattr(values, "ndim"):  # names: a list of strings
@@ -146,12 +166,96 @@ def _write_tables(summary: dict, columns: dict, out_dir: Path, split: str) -> in
         else:  # one column per output, e.g. per regression target
             for column, value in enumerate(values.flatten(1).T):
                 predictions[f"{key}_{column}"] = value.numpy()
-    pd.DataFrame(predictions).to_csv(out_dir / f"{split}_predictions.csv", index=False)
-    return len(predictions["index"])
+    predictions_csv = _write_csv(pd.DataFrame(predictions), out_dir / f"{split}_predictions.csv")
+    return len(predictions["index"]), [metrics_csv, predictions_csv]
+
+
+def _write_class_tables(
+    result, class_names: tuple[str, ...], out_dir: Path, options: EvaluateConfig, title: str
+) -> list[Path]:
+    """For a split of classes: ``<split>_probabilities.csv`` (each sample's probability of
+    each class, ``probability_<class index>``, beside the predictions' ``index``),
+    ``<split>_confusion_matrix.csv`` (rows: true class, columns: predicted class),
+    ``<split>_per_class.csv`` (each class's support, accuracy, i.e. recall, precision and
+    F1) and ``<split>_confusion_matrix.png``; returns the files."""
+    import pandas as pd
+
+    tables, split = result.tables, options.split
+    matrix = tables["confusion_matrix"]
+    num_classes = len(matrix)
+    labels = (
+        list(class_names) if len(class_names) == num_classes else list(map(str, range(num_classes)))
+    )
+    written = []
+    if result.probabilities is not None:
+        probabilities = {"index": range(len(result.probabilities))}
+        for index, column in enumerate(result.probabilities.T):
+            probabilities[f"probability_{index}"] = column.numpy()
+        path = out_dir / f"{split}_probabilities.csv"
+        written.append(_write_csv(pd.DataFrame(probabilities), path))
+    confusion = pd.DataFrame(
+        matrix.numpy(), index=pd.Index(labels, name="true \\ predicted"), columns=labels
+    )
+    written.append(_write_csv(confusion, out_dir / f"{split}_confusion_matrix.csv", index=True))
+    per_class = pd.DataFrame(
+        {
+            "class": labels,
+            "support": matrix.sum(dim=1).numpy(),
+            **{name: tables[key].numpy() for name, key in PER_CLASS_COLUMNS.items()},
+        }
+    )
+    written.append(_write_csv(per_class, out_dir / f"{split}_per_class.csv"))
+    png = out_dir / f"{split}_confusion_matrix.png"
+    _draw_confusion_matrix(matrix.numpy(), labels, png, title)
+    written.append(png)
+    return written
+
+
+# per_class.csv's columns, from the evaluation's tables (toolbox.metrics.per_class.scores).
+PER_CLASS_COLUMNS = {"accuracy": "recall", "precision": "precision", "f1": "f1"}
+# Above this many classes the cells are too small for their counts, and then for tick labels.
+MAX_CLASSES_WITH_COUNTS, MAX_CLASSES_WITH_LABELS = 20, 50
+
+
+def _draw_confusion_matrix(counts, labels: list[str], png: Path, title: str) -> None:
+    """The confusion matrix, each cell coloured by its share of the true class's samples (so
+    that a rare class reads as clearly as a common one) and, for few classes, its count."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from toolbox.records.atomic import write_atomically
+
+    num_classes = len(labels)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(3.0 + 0.4 * num_classes, 16.0)  # inches
+    figure = Figure(figsize=(side + 1.5, side), layout="constrained")
+    FigureCanvasAgg(figure)
+    axis = figure.subplots()
+    image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axis, shrink=0.8, label="share of the true class")
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    axis.set_title(f"{title}: accuracy {accuracy:.4f}")
+    if num_classes <= MAX_CLASSES_WITH_LABELS:
+        long = max(map(len, labels)) > 3
+        axis.set_xticks(range(num_classes), labels, rotation=90 if long else 0)
+        axis.set_yticks(range(num_classes), labels)
+    if num_classes <= MAX_CLASSES_WITH_COUNTS:
+        for (row, column), count in np.ndenumerate(counts):
+            colour = "white" if shares[row, column] > 0.5 else "black"
+            axis.text(column, row, str(count), ha="center", va="center", color=colour)
+    write_atomically(png, lambda file: figure.savefig(file, format="png", dpi=100))
 
 
 def _print_summary(
-    config: TrainingConfig, split: str, num_samples: int, where: str, summary: dict, out_dir: Path
+    config: TrainingConfig,
+    split: str,
+    num_samples: int,
+    where: str,
+    summary: dict,
+    written: list[Path],
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -166,6 +270,6 @@ def _print_summary(
     for key, value in summary.items():
         table.add_row(key, f"{value:.4f}")
     console.print(table)
-    console.print(
-        f"wrote {out_dir / f'{split}_metrics.csv'} and {out_dir / f'{split}_predictions.csv'}"
-    )
+    *others, last = [path.name for path in written]
+    # Unwrapped, so that the folder can be copied from any terminal.
+    console.print(f"wrote {', '.join(others)} and {last} in {written[0].parent}", soft_wrap=True)

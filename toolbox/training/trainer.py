@@ -78,12 +78,12 @@ class Trainer:
             # Before reading the checkpoint: a live run's directory is never touched.
             self.lock = RunLock.acquire(Path(config.resume).parent, f"--resume {config.resume}")
         resumed = checkpoint.load_checkpoint(config.resume) if config.resume else None
-        self.state, parts = build_run(config, self.dist, fresh=resumed is None)
+        self.state, parts = build_run(config, self.dist, resumed=resumed)
         self.device, self.splits, self.metrics = parts.device, parts.splits, parts.metrics
         self.normalizer, self.val_loader = parts.normalizer, parts.val_loader
         self.skipped_init_keys = parts.skipped_init_keys
         self.model = self.state.model
-        notes = self.state.restore(resumed) if resumed is not None else []
+        notes = parts.notes + (self.state.restore(resumed) if resumed is not None else [])
         self._wrap_steps(parts.criterion)
         # The command's watch when train_main runs us; fit() watches itself otherwise.
         signals = active_watch() or StopSignals()

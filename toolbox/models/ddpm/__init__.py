@@ -42,7 +42,8 @@ class DDPMConfig(ModelConfig):
     0 255 for 8-bit images, 0 16 for digits)."""
 
     def problems(self) -> list[str]:
-        found = self.not_positive("base_channels", "timesteps", "sample_steps", "num_samples")
+        found = super().problems()
+        found += self.not_positive("base_channels", "timesteps", "sample_steps", "num_samples")
         if self.base_channels > 0 and self.base_channels % NORM_GROUPS:
             found.append(
                 f"--model.base-channels is {self.base_channels}; it must be a multiple of "

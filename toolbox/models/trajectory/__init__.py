@@ -35,7 +35,7 @@ class TrajectoryRecoveryConfig(ModelConfig):
     """Seed of the points hidden in evaluation: the same points at every evaluation."""
 
     def problems(self) -> list[str]:
-        found = self.not_positive("width", "depth", "heads", "mlp_ratio")
+        found = super().problems() + self.not_positive("width", "depth", "heads", "mlp_ratio")
         found += self.not_probability("dropout")
         sizes_positive = self.width > 0 and self.heads > 0
         if sizes_positive and self.width % self.heads:

@@ -26,7 +26,8 @@ class ViTTiny(ModelConfig):
     """Dropout probability in the encoder layers, in [0, 1)."""
 
     def problems(self) -> list[str]:
-        found = self.not_positive("patch_size", "embed_dim", "depth", "num_heads")
+        found = super().problems()
+        found += self.not_positive("patch_size", "embed_dim", "depth", "num_heads")
         if self.num_heads > 0 and self.embed_dim > 0 and self.embed_dim % self.num_heads:
             found.append(
                 f"--model.embed-dim {self.embed_dim} is not divisible by --model.num-heads "
