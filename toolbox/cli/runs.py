@@ -28,6 +28,10 @@ python -m toolbox runs which CHECKPOINT [--dir DIR]
 DIR defaults to outputs/. RUN is a run directory (or its name under outputs/)."""
 
 
+LISTED_COLUMNS = ("run", "date", "arch", "dataset", "epochs", "best", "status", "tags")
+"""The listing's columns, before its duration (seconds in the CSV, formatted in the table)."""
+
+
 def _records(directory: Path) -> list[tuple[Path, dict | None, str | None]]:
     """Every run under ``directory`` (sweeps nest theirs one level deeper) with its record,
     or with None and what is wrong when its run.json is damaged (it is replaced whole, so a
@@ -111,34 +115,14 @@ def list_runs(args: list[str]) -> None:
     if options.csv:
         import pandas as pd
 
-        columns = [
-            "run",
-            "date",
-            "arch",
-            "dataset",
-            "epochs",
-            "best",
-            "status",
-            "tags",
-            "duration_s",
-        ]
+        columns = [*LISTED_COLUMNS, "duration_s"]
         print(pd.DataFrame(rows, columns=columns).to_csv(index=False), end="")
         _report_damage(found)
         return
     from rich.table import Table
 
     table = Table(title=f"{len(rows)} runs in {options.dir}, newest first")
-    for column in (
-        "run",
-        "date",
-        "arch",
-        "dataset",
-        "epochs",
-        "best",
-        "status",
-        "tags",
-        "duration",
-    ):
+    for column in (*LISTED_COLUMNS, "duration"):
         table.add_column(column, justify="right" if column in ("epochs", "duration") else "left")
     for row in rows:
         seconds = row["duration_s"]
