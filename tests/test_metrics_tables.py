@@ -54,7 +54,9 @@ def written(run_dir: Path, split: str = "test") -> tuple[dict, pd.DataFrame, np.
     out = run_dir / "test"
     (metrics,) = pd.read_csv(out / f"{split}_metrics.csv").to_dict("records")
     predictions = pd.read_csv(out / f"{split}_predictions.csv")
-    probabilities = pd.read_csv(out / f"{split}_probabilities.csv")
+    probabilities = pd.read_csv(
+        out / ("probabilities.csv" if split == "test" else f"{split}_probabilities.csv")
+    )
     assert (probabilities["index"] == predictions["index"]).all()
     return metrics, predictions, probabilities.drop(columns="index").to_numpy()
 
@@ -100,14 +102,14 @@ def test_confusion_matrix_and_per_class_table_match_scikit_learn(run_dir):
     _, predictions, _ = written(run_dir)
     target, predicted = predictions["target"], predictions["prediction"]
     out = run_dir / "test"
-    matrix = pd.read_csv(out / "test_confusion_matrix.csv", index_col=0)
+    matrix = pd.read_csv(out / "confusion_matrix.csv", index_col=0)
     labels = [str(k) for k in range(10)]  # synthetic names its classes by their numbers
     assert list(matrix.index.astype(str)) == list(matrix.columns) == labels
     assert matrix.to_numpy().sum() == NUM_TEST
     # Rows are true classes, columns predicted ones.
     np.testing.assert_array_equal(matrix.to_numpy(), confusion_matrix(target, predicted))
 
-    per_class = pd.read_csv(out / "test_per_class.csv")
+    per_class = pd.read_csv(out / "per_class.csv")
     assert list(per_class.columns) == ["class", "support", "accuracy", "precision", "f1"]
     counts = matrix.to_numpy()
     np.testing.assert_array_equal(per_class["support"], counts.sum(axis=1))
@@ -119,7 +121,7 @@ def test_confusion_matrix_and_per_class_table_match_scikit_learn(run_dir):
     for column, expected in [("accuracy", recall), ("precision", precision), ("f1", f1)]:
         np.testing.assert_allclose(per_class[column], expected, rtol=1e-6, err_msg=column)
 
-    picture = out / "test_confusion_matrix.png"
+    picture = out / "confusion_matrix.png"
     assert picture.read_bytes().startswith(b"\x89PNG")
     assert not [path.name for path in out.iterdir() if path.name.startswith(".")]  # temporaries
 
@@ -159,10 +161,10 @@ def test_two_classes_score_class_one_and_the_tables_name_the_classes(train, eval
         f1_score(target, predictions["prediction"], average="macro")
     )
     assert 0.6 < metrics["auroc"] < 1.0  # the blobs overlap
-    matrix = pd.read_csv(run_dir / "test" / "test_confusion_matrix.csv", index_col=0)
+    matrix = pd.read_csv(run_dir / "test" / "confusion_matrix.csv", index_col=0)
     assert list(matrix.index) == list(matrix.columns) == ["cat", "grey dog"]
     assert matrix.loc["grey dog"].sum() == (target == 1).sum()
-    per_class = pd.read_csv(run_dir / "test" / "test_per_class.csv")
+    per_class = pd.read_csv(run_dir / "test" / "per_class.csv")
     assert list(per_class["class"]) == ["cat", "grey dog"]
 
 

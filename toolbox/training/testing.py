@@ -19,9 +19,9 @@ def evaluate_run(
     adjust_config: Callable[[TrainingConfig], TrainingConfig] | None = None,
 ) -> Path:
     """Evaluate, print a table, and write ``<run>/test/<split>_{metrics,predictions}.csv``
-    (for classes also ``_probabilities.csv``, ``_confusion_matrix.csv``, ``_per_class.csv``
-    and ``_confusion_matrix.png``); ``adjust_config`` may change the run's config first
-    (test.py's --model.* options)."""
+    (for classes also ``probabilities.csv``, ``confusion_matrix.csv``, ``per_class.csv``
+    and ``confusion_matrix.png``, prefixed ``val_`` for the validation split);
+    ``adjust_config`` may change the run's config first (test.py's --model.* options)."""
     if not DEVICE_PATTERN.fullmatch(options.device):
         raise UserError(
             f"--device is {options.device!r}; use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps."
@@ -173,11 +173,12 @@ def _write_tables(
 def _write_class_tables(
     result, class_names: tuple[str, ...], out_dir: Path, options: EvaluateConfig, title: str
 ) -> list[Path]:
-    """For a split of classes: ``<split>_probabilities.csv`` (each sample's probability of
-    each class, ``probability_<class index>``, beside the predictions' ``index``),
-    ``<split>_confusion_matrix.csv`` (rows: true class, columns: predicted class),
-    ``<split>_per_class.csv`` (each class's support, accuracy, i.e. recall, precision and
-    F1) and ``<split>_confusion_matrix.png``; returns the files."""
+    """For a split of classes (named by _class_table_name): ``probabilities.csv`` (each
+    sample's probability of each class, ``probability_<class index>``, beside the
+    predictions' ``index``),
+    ``confusion_matrix.csv`` (rows: true class, columns: predicted class),
+    ``per_class.csv`` (each class's support, accuracy, i.e. recall, precision and
+    F1) and ``confusion_matrix.png``; returns the files."""
     import pandas as pd
 
     tables, split = result.tables, options.split
@@ -191,12 +192,16 @@ def _write_class_tables(
         probabilities = {"index": range(len(result.probabilities))}
         for index, column in enumerate(result.probabilities.T):
             probabilities[f"probability_{index}"] = column.numpy()
-        path = out_dir / f"{split}_probabilities.csv"
+        path = out_dir / _class_table_name(split, "probabilities.csv")
         written.append(_write_csv(pd.DataFrame(probabilities), path))
     confusion = pd.DataFrame(
         matrix.numpy(), index=pd.Index(labels, name="true \\ predicted"), columns=labels
     )
-    written.append(_write_csv(confusion, out_dir / f"{split}_confusion_matrix.csv", index=True))
+    written.append(
+        _write_csv(
+            confusion, out_dir / _class_table_name(split, "confusion_matrix.csv"), index=True
+        )
+    )
     per_class = pd.DataFrame(
         {
             "class": labels,
@@ -204,11 +209,18 @@ def _write_class_tables(
             **{name: tables[key].numpy() for name, key in PER_CLASS_COLUMNS.items()},
         }
     )
-    written.append(_write_csv(per_class, out_dir / f"{split}_per_class.csv"))
-    png = out_dir / f"{split}_confusion_matrix.png"
+    written.append(_write_csv(per_class, out_dir / _class_table_name(split, "per_class.csv")))
+    png = out_dir / _class_table_name(split, "confusion_matrix.png")
     _draw_confusion_matrix(matrix.numpy(), labels, png, title)
     written.append(png)
     return written
+
+
+def _class_table_name(split: str, name: str) -> str:
+    """The test split's class tables go by their plain names (confusion_matrix.csv); the
+    validation split's are prefixed (val_confusion_matrix.csv), so neither overwrites the
+    other."""
+    return name if split == "test" else f"{split}_{name}"
 
 
 # per_class.csv's columns, from the evaluation's tables (toolbox.metrics.per_class.scores).
