@@ -46,6 +46,15 @@ def train_main(
 
 
 def _train_or_sweep(argv: list[str], program: str, test_program: tuple[str, ...]) -> int:
+    if any(arg == "--search" or arg.startswith("--search=") for arg in argv):
+        if launched_world_size() > 1:
+            raise UserError(
+                "--search trains its trials one after another in each worker process; under "
+                "torchrun, start the workers without torchrun (each may use one device)."
+            )
+        from toolbox.cli.search import run_search
+
+        return run_search(argv, program, test_program)
     if any(arg == "--sweep" or arg.startswith("--sweep=") for arg in argv):
         if launched_world_size() > 1:
             raise UserError(

@@ -1,5 +1,6 @@
-"""``train.py [args] --sweep KEY=V1,V2 ...``: run the grid one run after another into one
-directory, skip what finished before, resume what did not, and summarise over seeds."""
+"""``train.py [args] --sweep KEY=V1,V2 ...``: run the grid into one directory, one run after
+another (or several at once, see sweep_workers), skip what finished before, resume what did
+not, and summarise over seeds."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import re
 import shlex
 import statistics
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -65,8 +66,9 @@ def _arguments(combo: dict[str, str], flags: set[str]) -> list[str]:
     return args
 
 
-def _parse(argv: list[str], name: str, sweeps: dict[str, list[str]]) -> TrainingConfig:
-    """Parse one combination; any mistake becomes one UserError naming the --sweep."""
+def _parse(argv: list[str], fallback: str, named: dict[str, str]) -> TrainingConfig:
+    """Parse one combination; any mistake becomes one UserError naming the option that set
+    the key it is about (``named``: key -> "--sweep optim.lr=0.1,0.01"), else ``fallback``."""
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
@@ -77,10 +79,8 @@ def _parse(argv: list[str], name: str, sweeps: dict[str, list[str]]) -> Training
         detail = lines[1] if len(lines) > 1 else captured.getvalue().strip()
     except UserError as error:
         detail = str(error)
-    named = [key for key in sweeps if re.search(rf"--{re.escape(key)}(?![\w.-])", detail)]
-    one = len(named) == 1
-    where = f"--sweep {named[0]}={','.join(sweeps[named[0]])}" if one else f"the sweep's run {name}"
-    raise UserError(f"{where}: {detail}")
+    keys = [key for key in named if re.search(rf"--{re.escape(key)}(?![\w.-])", detail)]
+    raise UserError(f"{named[keys[0]] if len(keys) == 1 else fallback}: {detail}")
 
 
 def _outcome(run_dir: Path) -> tuple[str, float | None]:
@@ -235,17 +235,23 @@ def run_sweep(
     program: str = "train.py",
     test_program: Sequence[str] = ("test.py",),
 ) -> int:
-    """Trains the grid of ``--sweep`` one run after another; ``program`` and ``test_program``
-    as for train_main."""
+    """Trains the grid of ``--sweep`` one run after another in this process, or with
+    ``--sweep-workers``/``--sweep-devices`` several at once, one ``python program`` process
+    each; ``program`` and ``test_program`` as for train_main."""
     console = Console(highlight=False, markup=False, soft_wrap=True)  # paths stay whole
     parser = ArgumentParser(prog=program)
     parser.add_argument("--sweep", action="append", default=[])
     parser.add_argument("--output-dir", "--output_dir", type=Path, default=Path("outputs"))
     parser.add_argument("--run-name", "--run_name")
     parser.add_argument("--resume")
+    parser.add_argument("--sweep-workers", type=int)
+    parser.add_argument("--sweep-devices")
     args, base = parser.parse_known_args(argv)
     if {"-h", "--help"} & set(base):
         parse_training_config(base, prog=program)  # prints the help and exits
+    from toolbox.cli.sweep_workers import worker_slots
+
+    workers = worker_slots(args.sweep_workers, args.sweep_devices, program)
     if args.resume is not None:
         raise UserError(
             "--resume and --sweep exclude each other: run the same sweep again (same "
@@ -273,7 +279,8 @@ def run_sweep(
         name: [*base, *_arguments(combo, flags), "--output-dir", str(sweep_dir), "--run-name", name]
         for name, combo in grid.items()
     }
-    configs = {name: _parse(argv, name, sweeps) for name, argv in argvs.items()}
+    named = {key: f"--sweep {key}={','.join(values)}" for key, values in sweeps.items()}
+    configs = {name: _parse(argv, f"the sweep's run {name}", named) for name, argv in argvs.items()}
     _check_existing(sweep_dir, configs)
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -285,44 +292,15 @@ def run_sweep(
     import torch  # after the checks, which need no torch
 
     console.print(f"sweep: {len(grid)} runs into {sweep_dir}")
+    runs = _runs_to_train(console, sweep_dir, argvs, configs)
     failed: set[str] = set()
     exit_code = None
     try:
-        for index, name in enumerate(grid, 1):
-            label, run_dir = f"[{index}/{len(grid)}] {name}", sweep_dir / name
-            checkpoint = run_dir / "checkpoint.pth.tar"
-            status, _ = _outcome(run_dir)
-            run_argv = argvs[name]
-            if status == "finished":
-                console.print(f"{label}: finished before; skipped")
-                continue
-            if (
-                status == "damaged"
-                and checkpoint.exists()
-                and _rebuilt_record(run_dir, configs[name].epochs)
-            ):
-                console.print(
-                    f"{label}: damaged run.json, but its checkpoint holds the whole run; "
-                    "recorded afresh from it, skipped"
-                )
-                continue
-            if status != "absent" and checkpoint.exists():
-                # Only --resume: the saved config is this combination's (checked above), and a
-                # resumed run refuses changes to its fixed options.
-                console.print(f"{label}: {status}; resuming from {checkpoint}")
-                run_argv = ["--resume", str(checkpoint)]
-            elif status != "absent":
-                # Holding its lock while moving it, so that a live run is never moved away.
-                lock = RunLock.acquire(run_dir, "--sweep")
-                try:
-                    aside = move_aside(run_dir, "partial")  # kept: its log may say why it stopped
-                finally:
-                    lock.release()
-                console.print(
-                    f"{label}: {status}, no checkpoint; moved to {aside.name}, starting afresh"
-                )
-            else:
-                console.print(f"{label}: starting")
+        if workers is not None:
+            from toolbox.cli.sweep_workers import train_in_parallel
+
+            failed = train_in_parallel(console, runs, workers, sweep_dir, program)
+        for label, name, run_argv in runs:  # none left after the parallel workers
             try:
                 train(run_argv, program, test_program)
             except (UserError, torch.OutOfMemoryError) as error:  # this run's problem only
@@ -332,7 +310,7 @@ def run_sweep(
     except (RunStopped, KeyboardInterrupt) as stop:
         exit_code = stop.exit_code if isinstance(stop, RunStopped) else 130
         console.print(
-            f"sweep stopped in {name}; run the same command "
+            f"sweep stopped; run the same command "
             f"({shlex.join(['--output-dir', str(args.output_dir), '--run-name', sweep_dir.name])})"
             " to finish it: finished runs are skipped."
         )
@@ -340,3 +318,50 @@ def run_sweep(
         monitors = {name: config.monitor for name, config in configs.items()}
         _show(console, summarize(sweep_dir, grid, monitors, failed), str(sweep_dir / SUMMARY))
     return exit_code if exit_code is not None else 1 if failed else 0
+
+
+def _runs_to_train(
+    console: Console,
+    sweep_dir: Path,
+    argvs: dict[str, list[str]],
+    configs: dict[str, TrainingConfig],
+) -> Iterator[tuple[str, str, list[str]]]:
+    """The runs still to train, as (label, name, arguments), each decided when it is next:
+    a finished run is skipped, an unfinished one resumed, a directory without a checkpoint
+    moved aside. The arguments are train.py's, for this process or a worker's."""
+    for index, name in enumerate(argvs, 1):
+        label, run_dir = f"[{index}/{len(argvs)}] {name}", sweep_dir / name
+        checkpoint = run_dir / "checkpoint.pth.tar"
+        status, _ = _outcome(run_dir)
+        run_argv = argvs[name]
+        if status == "finished":
+            console.print(f"{label}: finished before; skipped")
+            continue
+        if (
+            status == "damaged"
+            and checkpoint.exists()
+            and _rebuilt_record(run_dir, configs[name].epochs)
+        ):
+            console.print(
+                f"{label}: damaged run.json, but its checkpoint holds the whole run; "
+                "recorded afresh from it, skipped"
+            )
+            continue
+        if status != "absent" and checkpoint.exists():
+            # Only --resume: the saved config is this combination's (checked above), and a
+            # resumed run refuses changes to its fixed options.
+            console.print(f"{label}: {status}; resuming from {checkpoint}")
+            run_argv = ["--resume", str(checkpoint)]
+        elif status != "absent":
+            # Holding its lock while moving it, so that a live run is never moved away.
+            lock = RunLock.acquire(run_dir, "--sweep")
+            try:
+                aside = move_aside(run_dir, "partial")  # kept: its log may say why it stopped
+            finally:
+                lock.release()
+            console.print(
+                f"{label}: {status}, no checkpoint; moved to {aside.name}, starting afresh"
+            )
+        else:
+            console.print(f"{label}: starting")
+        yield label, name, run_argv
