@@ -24,7 +24,22 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 LIGHTNING_ENV = HERE / ".venv-lightning"
 LIGHTNING_VERSION = "2.6.6"
-VARIANTS = ("toolbox", "bare", "dataloader", "lightning")
+VARIANTS = (
+    "toolbox",
+    "bare",
+    "dataloader",
+    "lightning",
+    "toolbox_no_train_metrics",
+    "toolbox_hooked",
+)
+TOOLBOX_OPTIONS = {
+    "toolbox": [],
+    # What scoring --metrics accuracy on the training batches costs (on by default).
+    "toolbox_no_train_metrics": ["--no-train-metrics"],
+    # A callback with a per-step hook that does nothing measurable (grad_norm's hook runs
+    # every step, its measurement never): the cost of hooking the step.
+    "toolbox_hooked": ["--callbacks", "grad_norm", "--callback.grad-norm.every", "1000000"],
+}
 
 
 def lightning_python() -> str:
@@ -50,7 +65,7 @@ def lightning_python() -> str:
 
 
 def command(variant: str, case: str, batch: int, epochs: int, root: str, out: Path) -> list[str]:
-    if variant == "toolbox":
+    if variant in TOOLBOX_OPTIONS:
         model = ["--arch", "mlp", "--model.hidden-sizes", "256", "--model.dropout", "0"]
         return [
             sys.executable,
@@ -75,6 +90,7 @@ def command(variant: str, case: str, batch: int, epochs: int, root: str, out: Pa
             str(out),
             "--run-name",
             "run",
+            *TOOLBOX_OPTIONS[variant],
         ]
     python = lightning_python() if variant == "lightning" else sys.executable
     workload = str(HERE / "_workloads.py")
@@ -97,7 +113,7 @@ def run_once(variant: str, case: str, batch: int, epochs: int, root: str) -> dic
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode != 0:
             raise RuntimeError(f"{variant} {case}:{batch} exited {process.returncode}")
-        if variant == "toolbox":
+        if variant in TOOLBOX_OPTIONS:
             with open(Path(out) / "run" / "metrics.csv") as file:
                 elapsed = [float(row["elapsed_s"]) for row in csv.DictReader(file)]
             epoch_s = [b - a for a, b in zip([0.0, *elapsed[:-1]], elapsed, strict=True)]

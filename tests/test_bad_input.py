@@ -304,7 +304,15 @@ TRAIN_CASES = [
         id="vit-mlp-ratio-nan",
     ),
     case(*TINY, "--clip-grad", "inf", expect=["--clip-grad is inf", "None"], id="clip-grad-inf"),
-    case(*TINY, "--early-stop-lr", "inf", expect=["--early-stop-lr is inf"], id="early-stop-inf"),
+    case(
+        *TINY,
+        "--callbacks",
+        "early_stopping",
+        "--callback.early-stopping.min-lr",
+        "inf",
+        expect=["--callback.early-stopping.min-lr is inf"],
+        id="early-stop-inf",
+    ),
     case(*TINY, "--dist-timeout", "inf", expect=["--dist-timeout is inf"], id="dist-timeout-inf"),
     # A sweep checks every combination before its first run: the valid eps trains nothing.
     case(

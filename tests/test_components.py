@@ -430,7 +430,7 @@ TOTAL = STEPS_PER_EPOCH * EPOCHS
 def scheduled(config, mode="min", steps_per_epoch=STEPS_PER_EPOCH, epochs=EPOCHS):
     model = nn.Linear(2, 1)  # two parameter groups: the weight and the bias
     optimizer = OPTIMIZERS.get("sgd")(lr=PEAK).build(model)
-    return optimizer, config.build(optimizer, steps_per_epoch, epochs, mode)
+    return optimizer, config.build(optimizer, steps_per_epoch, steps_per_epoch * epochs, mode)
 
 
 def lr_of(optimizer) -> float:
@@ -998,7 +998,9 @@ def test_mse_and_rmse_on_digits_are_refused():
         ({"num_workers": -1}, "--num-workers"),
         ({"clip_grad": 0.0}, "--clip-grad"),
         ({"clip_grad": math.inf}, "--clip-grad"),
-        ({"early_stop_lr": math.inf}, "--early-stop-lr"),
+        ({"max_steps": -1}, "--max-steps"),
+        ({"eval_every_steps": -1}, "--eval-every-steps"),
+        ({"limit_val_batches": -1}, "--limit-val-batches"),
         ({"dist_timeout": math.inf}, "--dist-timeout"),
         ({"dist_timeout": 1e20}, "--dist-timeout"),  # past what a timedelta holds
         ({"device": "gpu"}, "--device"),

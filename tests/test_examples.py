@@ -47,6 +47,11 @@ EXPECTED = {
         0.1,
         ("ae_classifier", "--model.beta", "--model.code-size"),
     ),
+    "04_gan.py": Expected(
+        ("train_d_loss", "train_g_loss", "val_d_loss", "val_g_loss", "lr_generator"),
+        0.0,  # no classifier: no accuracy to beat
+        ("dcgan", "--model.latent-size", "--model.beta1"),
+    ),
 }
 BASE_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "elapsed_s")
 RUN_NAME = "example"

@@ -33,6 +33,7 @@ LAYERS = [
         "toolbox.schedulers",
         "toolbox.metrics",
         "toolbox.loggers",
+        "toolbox.callbacks",
     },
     {"toolbox.config"},
     # TensorBoard's sink writes through the records' TensorBoard extras; the registry finds

@@ -349,15 +349,19 @@ def test_deterministic_runs_repeat_exactly(train, tmp_path):
 
 @pytest.mark.slow
 def test_a_checkpoint_from_before_named_losses_resumes_exactly(train, tmp_path, signal_at_step):
-    # Checkpoints written before models had their own steps kept one epoch_loss_sum and no
-    # "ema" entry; such a run must still continue, to the same result.
+    # Checkpoints written before models had their own steps kept one epoch_loss_sum, no
+    # "ema" entry and early stopping's count; such a run must still continue, to the same
+    # result.
     outputs = tmp_path / "outputs"
     assert train(*EXACT, "--run-name", "straight") == 0
     signal_at_step(12)
     assert train(*EXACT, "--run-name", "old") == 128 + signal.SIGTERM
     path = outputs / "old" / "checkpoint.pth.tar"
     state = torch.load(path, weights_only=True)
-    state["progress"]["epoch_loss_sum"] = state["progress"].pop("epoch_loss_sums")["loss"]
+    progress = state["progress"]
+    progress["epoch_loss_sum"] = progress.pop("train_loss_sums")["loss"]
+    progress["epoch_samples"] = progress.pop("train_samples")
+    progress["evals_since_best"] = 0
     del state["ema"]
     torch.save(state, path)
     assert train("--resume", str(path)) == 0

@@ -336,7 +336,8 @@ def test_early_stop_patience_stops_and_records_why(train, tmp_path):
     assert train(*TINY, "--epochs", "2", "--run-name", "run") == 0
     run_dir = tmp_path / "outputs" / "run"
     resume = ["--resume", str(run_dir / "checkpoint.pth.tar"), "--epochs", "10"]
-    assert train(*resume, "--loss.label-smoothing", "0.9", "--early-stop-patience", "2") == 0
+    early_stopping = ["--callbacks", "early_stopping", "--callback.early-stopping.patience", "2"]
+    assert train(*resume, "--loss.label-smoothing", "0.9", *early_stopping) == 0
     data = record(run_dir)
     assert data["epochs_done"] == 4 and data["status"] == "finished"
     assert "has not improved for 2 evaluations" in data["stop_reason"]
@@ -354,15 +355,19 @@ def test_early_stop_lr_stops_when_the_rate_is_low(train, tmp_path):
         "1",
         "--sched.gamma",
         "0.1",
-        "--early-stop-lr",
+        "--callbacks",
+        "early_stopping",
+        "--callback.early-stopping.min-lr",
         "1e-6",
+        "--callback.early-stopping.patience",
+        "0",
         "--run-name",
         "lr",
     ]
     assert train(*argv) == 0
     data = record(tmp_path / "outputs" / "lr")
     # lr 1e-3 -> 1e-4 -> 1e-5 -> 1e-6 -> 1e-7 < 1e-6 after epoch 4.
-    assert data["epochs_done"] == 4 and "fell below --early-stop-lr" in data["stop_reason"]
+    assert data["epochs_done"] == 4 and "fell below --callback.early-stopping.min-lr" in data["stop_reason"]
 
 
 def test_runtime_json_scales_the_learning_rate_from_the_next_epoch(train, tmp_path, monkeypatch):

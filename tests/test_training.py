@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+import toolbox
 from tests.conftest import TINY
 from toolbox.config.plain import from_plain
 
@@ -54,6 +55,8 @@ def test_run_directory_holds_every_record(run_dir):
         "step",
         "lr",
         "train_loss",
+        "train_accuracy",
+        "train_top5",
         "val_loss",
         "val_accuracy",
         "val_top5",
@@ -68,6 +71,25 @@ def test_run_directory_holds_every_record(run_dir):
     log = (run_dir / "training.log").read_text()
     assert "19,210 parameters" in log and "Linear(in_features=64, out_features=256" in log
     assert "'arch': 'mlp'" in log and "epoch 3/3 train_loss" in log
+
+
+def test_training_metrics_score_every_training_sample_of_the_interval(train, tmp_path):
+    # Two batches of 647 cover digits' 1,294 training samples; at lr 1e-12 the weights stay
+    # what they were, so train_accuracy is the trained model's accuracy on the whole split.
+    from toolbox.datasets.digits import Digits
+
+    argv = ["--dataset", "digits", "--batch-size", "647", "--epochs", "1", "--device", "cpu"]
+    argv += ["--optim.lr", "1e-12", "--model.dropout", "0", "--run-name", "m"]
+    assert train(*argv) == 0
+    row = read_rows(tmp_path / "outputs" / "m" / "metrics.csv")[0]
+    split = Digits().build().train
+    model = toolbox.load_model(tmp_path / "outputs" / "m")
+    with torch.no_grad():
+        correct = (model(split["input"]).argmax(dim=1) == split["target"]).sum().item()
+    assert float(row["train_accuracy"]) == pytest.approx(correct / len(split["target"]), abs=1e-9)
+    # Off (--no-train-metrics): no column.
+    assert train(*argv[:-1], "mm", "--no-train-metrics") == 0
+    assert "train_accuracy" not in read_rows(tmp_path / "outputs" / "mm" / "metrics.csv")[0]
 
 
 def test_best_checkpoint_follows_the_monitored_metric(train, tmp_path):

@@ -132,7 +132,7 @@ class PruneAtEvaluation(Listener):
                 f"pruned by Optuna's {self.pruner} pruner: {self.monitor} {value:.4g} after "
                 f"epoch {row['epoch']} is worse than the other trials' there"
             )
-            self.stopper.early_stop_reason = self.reason
+            self.stopper.request_stop(self.reason)
 
 
 def _train_trial(config: TrainingConfig, command: list[str], test_program, listen):

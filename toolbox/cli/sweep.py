@@ -202,8 +202,9 @@ def _saved_config(run_dir: Path) -> dict | None:
     return saved  # None: no checkpoint, so the run is moved aside and trained afresh
 
 
-def _rebuilt_record(run_dir: Path, epochs: int) -> bool:
-    """Whether ``run_dir``'s checkpoint holds all ``epochs``, in which case its damaged
+def _rebuilt_record(run_dir: Path, config) -> bool:
+    """Whether ``run_dir``'s checkpoint holds the whole run ``config`` asks for (its epochs,
+    or its --max-steps), in which case its damaged
     run.json is set aside and the record rebuilt from the checkpoint: resuming a complete
     run is refused, so the sweep would fail it on every call otherwise."""
     from toolbox.records.checkpoint import load_checkpoint
@@ -213,7 +214,10 @@ def _rebuilt_record(run_dir: Path, epochs: int) -> bool:
         state = load_checkpoint(run_dir / "checkpoint.pth.tar")
     except UserError:
         return False  # resuming it says what is wrong with the checkpoint
-    if state["progress"]["epoch"] < epochs:
+    progress = state["progress"]
+    if config.max_steps and progress["step"] < config.max_steps:
+        return False
+    if not config.max_steps and progress["epoch"] < config.planned_epochs:
         return False
     RunRecord(run_dir).rebuild(state)
     return True
@@ -340,7 +344,7 @@ def _runs_to_train(
         if (
             status == "damaged"
             and checkpoint.exists()
-            and _rebuilt_record(run_dir, configs[name].epochs)
+            and _rebuilt_record(run_dir, configs[name])
         ):
             console.print(
                 f"{label}: damaged run.json, but its checkpoint holds the whole run; "

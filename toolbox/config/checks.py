@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from datetime import timedelta
 
+from toolbox.callbacks import CALLBACKS
 from toolbox.config.training import DEVICE_PATTERN, NO_LOGGER, SLOTS, TrainingConfig
 from toolbox.criteria import CRITERIA
 from toolbox.errors import UserError
@@ -21,14 +23,17 @@ def problems(config: TrainingConfig) -> list[str]:
     """Every problem with ``config``, each naming the option, its value and the fix."""
     found = []
     counts = {
-        1: ("epochs", "batch_size", "eval_batch_size", "grad_accum", "eval_every", "log_every"),
+        1: ("batch_size", "eval_batch_size", "grad_accum", "eval_every", "log_every"),
         0: (
             "num_workers",
             "checkpoint_every_steps",
             "keep_last",
             "max_nan_skips",
-            "early_stop_patience",
             "histogram_every",
+            "max_steps",
+            "eval_every_steps",
+            "limit_train_batches",
+            "limit_val_batches",
         ),
     }
     for minimum, names in counts.items():
@@ -37,19 +42,14 @@ def problems(config: TrainingConfig) -> list[str]:
             if value < minimum:
                 bound = "at least 1" if minimum else "0 or more"
                 found.append(f"--{name.replace('_', '-')} is {value}; it must be {bound}.")
+    found.extend(_length_problems(config))
     # Chained comparisons also catch nan. The timeout becomes a timedelta under torchrun,
-    # which overflows past 999,999,999 days; an infinite --early-stop-lr stops every run at
-    # its first check.
+    # which overflows past 999,999,999 days.
     longest_timeout = timedelta.max.total_seconds()
     if not 0 < config.dist_timeout <= longest_timeout:
         found.append(
             f"--dist-timeout is {config.dist_timeout}; give a positive number of seconds up to "
             f"{longest_timeout:.3g} (e.g. 600)."
-        )
-    if not 0 <= config.early_stop_lr < math.inf:
-        found.append(
-            f"--early-stop-lr is {config.early_stop_lr}; it must be 0 (off) or a finite "
-            "learning rate (e.g. 1e-6)."
         )
     if any(epoch < 1 for epoch in config.save_at):
         found.append(f"--save-at is {' '.join(map(str, config.save_at))}; epochs count from 1.")
@@ -77,6 +77,7 @@ def problems(config: TrainingConfig) -> list[str]:
     for slot in SLOTS:
         found.extend(getattr(config, slot).problems())
     found.extend(_logger_problems(config))
+    found.extend(_callback_problems(config))
 
     task = config.data.task
     # A dataset that learns its task from its files ("auto") before it is given any has
@@ -105,6 +106,53 @@ def problems(config: TrainingConfig) -> list[str]:
             f"--monitor is {config.monitor!r}; it must be one of {', '.join(allowed)} "
             "(a metric must also be listed in --metrics)."
         )
+    return found
+
+
+def _length_problems(config: TrainingConfig) -> list[str]:
+    """How long the run trains: --epochs or --max-steps (or --fast-dev-run), not two."""
+    found = []
+    if config.epochs is not None and config.epochs < 1:
+        found.append(f"--epochs is {config.epochs}; it must be at least 1.")
+    given = [
+        option
+        for option, on in (
+            (f"--epochs {config.epochs}", config.epochs is not None),
+            (f"--max-steps {config.max_steps}", config.max_steps > 0),
+            ("--fast-dev-run", config.fast_dev_run),
+        )
+        if on
+    ]
+    if len(given) > 1:
+        found.append(
+            f"{' and '.join(given)} both say how long to train; give one of --epochs, "
+            "--max-steps and --fast-dev-run."
+        )
+    return found
+
+
+def _callback_problems(config: TrainingConfig) -> list[str]:
+    """--callbacks names known callbacks once each, whose options are sound; options of a
+    callback it does not name are refused (they would silently do nothing)."""
+    unknown = [name for name in config.callbacks if name not in CALLBACKS]
+    found = [CALLBACKS.unknown_message(name) for name in unknown]
+    if len(set(config.callbacks)) != len(config.callbacks):
+        found.append(f"--callbacks {' '.join(config.callbacks)} names a callback twice.")
+    for option_group in dataclasses.fields(config.callback):
+        name, options = option_group.name, getattr(config.callback, option_group.name)
+        if name in config.callbacks:
+            found += options.problems()
+            continue
+        changed = [
+            options.option(f.name)
+            for f in dataclasses.fields(options)
+            if getattr(options, f.name) != f.default
+        ]
+        if changed:
+            found.append(
+                f"{', '.join(changed)} given, but --callbacks does not name {name}; add "
+                f"--callbacks {' '.join((*config.callbacks, name))}, or drop the option."
+            )
     return found
 
 

@@ -8,7 +8,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from toolbox.config.training import SLOTS, TrainingConfig
+from toolbox.config.training import SLOTS, TrainingConfig, callback_options_class
 from toolbox.errors import UserError
 from toolbox.plugins import load_plugins
 
@@ -88,7 +88,7 @@ def from_plain(data: Any, source: str = "config") -> TrainingConfig:
     """The TrainingConfig that ``to_plain`` gave ``data``, checked key by key."""
     if not isinstance(data, dict):
         raise UserError(f"{source} must be a JSON object, not {type(data).__name__}.")
-    data = dict(data)
+    data = _with_early_stopping_as_a_callback(dict(data))
     plugins = data.get("plugins", ())
     if not (isinstance(plugins, list | tuple) and all(isinstance(p, str) for p in plugins)):
         raise UserError(f"{source}: plugins is {plugins!r}; it must be a list of module names.")
@@ -101,5 +101,18 @@ def from_plain(data: Any, source: str = "config") -> TrainingConfig:
         if name not in registry:
             raise UserError(f"{source}: {registry.unknown_message(name)}")
         slots[slot] = _from_plain(registry.get(name), data.pop(slot, {}), f"{source}: {slot}")
+    # With the plugins' callbacks' groups, which TrainingConfig's field type does not name.
+    options = _from_plain(callback_options_class(), data.pop("callback", {}), f"{source}: callback")
     # The components go in with their selectors: TrainingConfig checks that they agree.
-    return _from_plain(TrainingConfig, data, source, **slots)
+    return _from_plain(TrainingConfig, data, source, callback=options, **slots)
+
+
+def _with_early_stopping_as_a_callback(data: dict) -> dict:
+    """A config saved before early stopping was a callback (--early-stop-patience,
+    --early-stop-lr) as the early_stopping callback it became, so that its run resumes."""
+    patience, min_lr = data.pop("early_stop_patience", 0), data.pop("early_stop_lr", 0.0)
+    if patience or min_lr:
+        data["callbacks"] = [*data.get("callbacks", []), "early_stopping"]
+        options = {"patience": patience, "min_lr": min_lr}
+        data["callback"] = {**data.get("callback", {}), "early_stopping": options}
+    return data

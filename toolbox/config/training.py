@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,12 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
+from toolbox.callbacks import CALLBACKS, CallbackConfig
+from toolbox.callbacks.device_stats import DeviceStats
+from toolbox.callbacks.early_stopping import EarlyStopping
+from toolbox.callbacks.grad_norm import GradNorm
+from toolbox.callbacks.lr_finder import LRFinder
+from toolbox.callbacks.profiler import Profiler
 from toolbox.component import fixed_on_resume, free_on_resume
 from toolbox.criteria import CRITERIA, CriterionConfig
 from toolbox.criteria.cross_entropy import CrossEntropy
@@ -67,6 +74,46 @@ LoggerNames = Annotated[
 ]
 
 
+CallbackNames = Annotated[
+    tuple[str, ...],
+    tyro.conf.arg(
+        constructor_factory=lambda: tuple[Literal[tuple(CALLBACKS.names())], ...],
+        help_behavior_hint=_show_default,
+    ),
+]
+
+
+@dataclass(frozen=True)
+class CallbackOptions:
+    """The callbacks' options; each group applies when --callbacks names its callback."""
+
+    early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
+    grad_norm: GradNorm = field(default_factory=GradNorm)
+    profiler: Profiler = field(default_factory=Profiler)
+    lr_finder: LRFinder = field(default_factory=LRFinder)
+    device_stats: DeviceStats = field(default_factory=DeviceStats)
+
+
+@functools.cache
+def _options_class(extra: tuple[str, ...]) -> type[CallbackOptions]:
+    if not extra:
+        return CallbackOptions
+    groups = [
+        (name, CALLBACKS.get(name), field(default_factory=CALLBACKS.get(name))) for name in extra
+    ]
+    return dataclasses.make_dataclass(
+        "CallbackOptions", groups, bases=(CallbackOptions,), frozen=True
+    )
+
+
+def callback_options_class() -> type[CallbackOptions]:
+    """CallbackOptions with a group for every callback registered by now: the built-in
+    ones and those of the plugins imported (so that their options are flags and load back
+    from config.json like the built-in ones')."""
+    built_in = {f.name for f in dataclasses.fields(CallbackOptions)}
+    return _options_class(tuple(name for name in CALLBACKS.names() if name not in built_in))
+
+
 @dataclass(frozen=True)
 class LoggerOptions:
     """The options of the loggers that have some; each applies when --loggers names it."""
@@ -84,6 +131,9 @@ SLOTS: dict[str, tuple[str, Registry]] = {
     "loss": ("criterion", CRITERIA),
 }
 
+
+DEFAULT_EPOCHS = 20
+"""The epochs a run trains for when neither --epochs nor --max-steps is given."""
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -113,8 +163,12 @@ class TrainingConfig:
     metrics: MetricNames = fixed_on_resume(("accuracy",))
     """Metrics computed on every evaluation, over the whole split."""
 
-    epochs: int = 20
-    """Total number of epochs (on resume: the new total, counting the epochs already done)."""
+    epochs: int | None = None
+    """Total number of epochs (None: 20, or as many as --max-steps needs; on resume: the new
+    total, counting the epochs already done)."""
+    max_steps: int = 0
+    """Train this many optimizer steps instead of --epochs (0: train --epochs); schedules
+    run over these steps, and the last one evaluates and saves."""
     batch_size: int = 64
     """Training batch size, in samples per forward pass of one process (under torchrun the
     global batch is this times the number of processes)."""
@@ -143,6 +197,19 @@ class TrainingConfig:
     stream)."""
     eval_every: int = 1
     """Epochs between two evaluations on the validation split (the last epoch always is)."""
+    eval_every_steps: int = 0
+    """Evaluate every this many optimizer steps instead, mid-epoch too (0: per --eval-every);
+    each row's step column says where."""
+    limit_train_batches: int = 0
+    """Train on at most this many batches per epoch (0: all); for a quick smoke test."""
+    limit_val_batches: int = 0
+    """Evaluate on at most this many validation batches (0: all)."""
+    fast_dev_run: bool = False
+    """A smoke test of a new model: one epoch of two training batches and one validation
+    batch (as --epochs 1 --limit-train-batches 2 --limit-val-batches 1)."""
+    train_metrics: bool = True
+    """Also score --metrics on the training batches (train_<metric> columns, moving averages
+    on the console): on the device, one host sync per --log-every interval."""
     histogram_every: int = 10
     """Epochs between two TensorBoard histograms of the weights and gradients (0: never)."""
     loggers: LoggerNames = free_on_resume(("tensorboard",))
@@ -150,6 +217,11 @@ class TrainingConfig:
     run.json and curves.png are written whatever they are."""
     logger: LoggerOptions = free_on_resume(default_factory=LoggerOptions)
     """The trackers' options (--logger.mlflow.*, --logger.wandb.*)."""
+    callbacks: CallbackNames = free_on_resume(())
+    """Callbacks run at the moments of fit(), in this order (early_stopping, grad_norm,
+    profiler, lr_finder, device_stats, or a plugin's); their state is checkpointed."""
+    callback: CallbackOptions = free_on_resume(default_factory=lambda: callback_options_class()())
+    """The callbacks' options (--callback.<name>.*), used when --callbacks names them."""
     notes: str = free_on_resume("")
     """A note on the run, in run.json and the trackers (MLflow's description, W&B's notes)."""
     tags: tuple[str, ...] = free_on_resume(())
@@ -166,10 +238,6 @@ class TrainingConfig:
     """Keep the newest this many per-epoch checkpoints, checkpoint_e<N>.pth.tar (0: none)."""
     save_at: tuple[int, ...] = ()
     """Epochs whose checkpoint_e<N>.pth.tar is kept for good, whatever --keep-last says."""
-    early_stop_patience: int = 0
-    """Stop after this many evaluations without improvement of --monitor (0: never)."""
-    early_stop_lr: float = 0.0
-    """Stop when the learning rate falls below this value (0: never)."""
     nan_policy: Literal["abort", "skip"] = "abort"
     """On a non-finite loss: abort, keeping the last good checkpoint; or skip that batch."""
     max_nan_skips: int = 10
@@ -217,6 +285,32 @@ class TrainingConfig:
             for name in self.loggers
             if name != NO_LOGGER
         ]
+
+    @property
+    def callback_configs(self) -> dict[str, CallbackConfig]:
+        """The configs of the callbacks --callbacks names, with their --callback.<name>.*
+        options, by name in the order given."""
+        return {name: getattr(self.callback, name) for name in self.callbacks}
+
+    @property
+    def planned_epochs(self) -> int | None:
+        """The epochs the run trains for: --epochs, 1 for --fast-dev-run, 20 by default, or
+        None with --max-steps (the trainer derives them from the steps per epoch)."""
+        if self.fast_dev_run:
+            return 1
+        if self.epochs is not None:
+            return self.epochs
+        return None if self.max_steps else DEFAULT_EPOCHS
+
+    @property
+    def train_batch_limit(self) -> int:
+        """Training batches per epoch at most (0: all)."""
+        return 2 if self.fast_dev_run else self.limit_train_batches
+
+    @property
+    def val_batch_limit(self) -> int:
+        """Validation batches per evaluation at most (0: all)."""
+        return 1 if self.fast_dev_run else self.limit_val_batches
 
     @property
     def monitor_mode(self) -> Literal["min", "max"]:

@@ -51,14 +51,20 @@ class _EpochLoader:
         self.generator = torch.Generator(device=generator_device).manual_seed(seed)
         self.next_batch = 0
         """Batches of the current epoch handed out so far."""
+        self.batch_limit = 0
+        """Batches per epoch at most (0: all): an epoch ends after them, its order unchanged
+        (--limit-train-batches, --limit-val-batches)."""
         self._epoch_start_state = self.generator.get_state()
         self._resume_at = 0
         self._order: torch.Tensor | None = None
 
     def __len__(self) -> int:
         if self.drop_last:
-            return self.num_samples // self.world_size // self.batch_size
-        return math.ceil(len(range(self.rank, self.num_samples, self.world_size)) / self.batch_size)
+            batches = self.num_samples // self.world_size // self.batch_size
+        else:
+            rank_samples = len(range(self.rank, self.num_samples, self.world_size))
+            batches = math.ceil(rank_samples / self.batch_size)
+        return min(batches, self.batch_limit) if self.batch_limit else batches
 
     def _begin_epoch(self) -> int:
         """Draws the epoch's order; returns the index of the first batch to hand out."""

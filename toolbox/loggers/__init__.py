@@ -54,6 +54,9 @@ class Sink:
     def step_loss(self, loss: float, step: int) -> None:
         """The mean training loss of the last --log-every steps, at optimizer step ``step``."""
 
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        """A callback's named values at optimizer step ``step`` (e.g. grad_norm)."""
+
     def histograms(self, model: torch.nn.Module, epoch: int, grad_scale: float) -> None:
         """Weights and gradients (still scaled by ``grad_scale``) after ``epoch`` epochs."""
 

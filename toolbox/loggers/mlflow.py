@@ -191,6 +191,13 @@ class MLflowSink(Sink):
         ]
         self.client.log_batch(self.run_id, metrics=metrics)
 
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        metrics = [Metric(name, float(value), timestamp, step) for name, value in values.items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
     def images(self, images: Mapping[str, torch.Tensor], step: int) -> None:
         for tag, image in images.items():
             self.client.log_image(self.run_id, image_array(image), key=tag, step=step)

@@ -47,6 +47,12 @@ class TensorBoardSink(Sink):
     def step_loss(self, loss: float, step: int) -> None:
         self.writer.add_scalar("train/loss_step", loss, step)
 
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        for name, value in values.items():
+            # A bare name (grad_norm) joins the training curves; a grouped one keeps its group.
+            tag = name if "/" in name else f"train/{name}"
+            self.writer.add_scalar(tag, value, step)
+
     def histograms(self, model: torch.nn.Module, epoch: int, grad_scale: float) -> None:
         tensorboard.log_histograms(self.writer, model, epoch, grad_scale=grad_scale)
 

@@ -102,6 +102,10 @@ class WandbSink(Sink):
         values = {name: value for name, value in row.items() if name != "step"}
         self.run.log(values, step=int(row["step"]))
 
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        # On the evaluations' axis, the optimizer step (W&B drops a step lower than its last).
+        self.run.log(dict(values), step=step)
+
     def images(self, images: Mapping[str, torch.Tensor], step: int) -> None:
         self._log_images(images, step)
 

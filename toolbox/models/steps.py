@@ -26,15 +26,40 @@ steps, logging, DDP and checkpoints.
 - ``figures()`` is called once per evaluation, in eval mode without gradients, on the
   process that writes the run directory; it returns images as float (C, H, W) tensors in
   [0, 1] or matplotlib figures, which go to TensorBoard and to ``<name>.png`` in the run.
+
+Several optimizers (manual optimization): a model with its own steps that also defines
+``configure_optimizers() -> dict[str, NamedOptimizer]`` (a GAN's generator and
+discriminator, say) drives them itself. Each ``NamedOptimizer`` holds its parameters (the
+sets must not overlap) and its optimizer and scheduler configs (None: the run's --optim /
+--sched). Its ``training_step(batch, optimization)`` then gets a context
+(``toolbox.training.manual.ManualOptimization``) and calls, for each optimizer:
+
+- ``optimization.backward(loss, name)``: backpropagates ``loss`` into that optimizer's
+  parameters only (the others' gradients are left alone), scaled for fp16 and divided by
+  the --grad-accum group's size, outside autocast;
+- ``optimization.step(name)``: at the last batch of an accumulation group (elsewhere it
+  does nothing), averages that optimizer's gradients over the ranks under torchrun,
+  unscales and clips them (--clip-grad), steps the optimizer, zeroes its gradients and
+  steps its per-step scheduler. Each optimizer steps at most once per training step.
+
+The trainer still owns autocast, the gradient scaler (updated once per training step),
+the weight average, logging and checkpoints (every optimizer's and scheduler's state);
+the step still returns its losses (``losses["loss"]`` is only logged and monitored then).
+Such a model is not wrapped in DDP (DDP cannot see backward passes made inside forward);
+--nan-policy skip (which cannot undo the model's own steps) and --compile are refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+    from toolbox.optimizers import OptimizerConfig
+    from toolbox.schedulers import SchedulerConfig
 
 
 MAIN_LOSS = "loss"
@@ -50,3 +75,20 @@ class StepOutput:
 
 def has_own_steps(module: Any) -> bool:
     return all(hasattr(module, name) for name in ("training_step", "evaluation_step", "loss_names"))
+
+
+@dataclass
+class NamedOptimizer:
+    """One of the optimizers a model drives itself (``configure_optimizers``)."""
+
+    parameters: Iterable[torch.nn.Parameter]
+    """The parameters it trains (those with requires_grad); no other optimizer's."""
+    optim: OptimizerConfig | None = None
+    """Its optimizer (e.g. ``Adam(lr=2e-4, beta1=0.5)``); None: the run's --optim."""
+    sched: SchedulerConfig | None = None
+    """Its learning-rate schedule; None: the run's --sched."""
+
+
+def has_manual_optimization(module: Any) -> bool:
+    """Whether the model drives its own optimizers (it declares them)."""
+    return hasattr(module, "configure_optimizers")

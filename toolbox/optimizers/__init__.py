@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -75,8 +76,20 @@ class OptimizerConfig(Component):
         floating = all(p.is_floating_point() for p in model.parameters())
         return {"fused": True} if floating and devices <= {"cpu", "cuda"} else {}
 
-    def build(self, model: nn.Module) -> torch.optim.Optimizer:
+    def build(self, model: nn.Module | ParameterSet) -> torch.optim.Optimizer:
+        """An optimizer over the model's trainable parameters (or a ParameterSet's)."""
         raise NotImplementedError
+
+
+class ParameterSet:
+    """Some of a model's parameters, which an optimizer config builds over as over a model
+    (it reads ``parameters()`` only): one of the optimizers a model declares."""
+
+    def __init__(self, parameters: Iterable[nn.Parameter]) -> None:
+        self._parameters = list(parameters)
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return iter(self._parameters)
 
 
 OPTIMIZERS: Registry[OptimizerConfig] = Registry(

@@ -217,12 +217,17 @@ class RunRecord:
         return ["train.py", "--config", str(self.path.parent / "config.json")]
 
     def start(
-        self, config: TrainingConfig, command: list[str] | None = None, git: dict | None = None
+        self,
+        config: TrainingConfig,
+        command: list[str] | None = None,
+        git: dict | None = None,
+        epochs: int | None = None,
     ) -> None:
         """A session begins: a new run, or a resume of this one. ``command`` is the script
         and arguments that made it (None, for a run started from Python: the train.py command
         that makes it again); ``git`` the code's state when the caller has it already
-        (environment() reads it)."""
+        (environment() reads it); ``epochs`` the epochs it trains for (by default
+        --epochs, or its default)."""
         code_dir = Path(toolbox.__file__).resolve().parent
         git = git or git_state(code_dir)
         if "run_id" not in self.data:  # a new run, or a record without one (hand-written)
@@ -256,7 +261,7 @@ class RunRecord:
             status="running",
             arch=config.arch,
             dataset=config.dataset,
-            epochs=config.epochs,
+            epochs=epochs or config.planned_epochs,
             monitor=config.monitor,
             notes=config.notes,
             tags=list(config.tags),
@@ -296,7 +301,8 @@ class RunRecord:
             "run_id": run_id if isinstance(run_id, str) else uuid.uuid4().hex,
             "created": _now(),
             "sessions": [],
-            **{key: config[key] for key in ("arch", "dataset", "epochs", "monitor")},
+            **{key: config[key] for key in ("arch", "dataset", "monitor")},
+            "epochs": config["epochs"] or progress["epoch"],  # None: --max-steps decided
             "notes": config.get("notes", ""),
             "tags": list(config.get("tags", [])),
             "status": "finished",

@@ -21,9 +21,11 @@ class SchedulerConfig(Component):
     monitored metric), or never (a constant rate: stepping would only cost time)."""
 
     def build(
-        self, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, mode: str
+        self, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int, mode: str
     ) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
-        """``mode`` is "min" or "max", the direction of the monitored metric."""
+        """``total_steps``: the optimizer steps of the whole run (--epochs times the steps
+        per epoch, or --max-steps); ``mode`` is "min" or "max", the direction of the
+        monitored metric."""
         raise NotImplementedError
 
 
@@ -34,10 +36,10 @@ class LambdaSchedulerConfig(SchedulerConfig):
     def factor(self, step: int, steps_per_epoch: int, total_steps: int) -> float:
         raise NotImplementedError
 
-    def build(self, optimizer, steps_per_epoch, epochs, mode):
+    def build(self, optimizer, steps_per_epoch, total_steps, mode):
         import torch
 
-        total_steps = max(steps_per_epoch * epochs, 1)
+        total_steps = max(total_steps, 1)
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: self.factor(step, steps_per_epoch, total_steps)
         )

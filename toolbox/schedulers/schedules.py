@@ -131,7 +131,7 @@ class Plateau(SchedulerConfig):
             )
         return found
 
-    def build(self, optimizer, steps_per_epoch, epochs, mode):
+    def build(self, optimizer, steps_per_epoch, total_steps, mode):
         import torch
 
         return torch.optim.lr_scheduler.ReduceLROnPlateau(

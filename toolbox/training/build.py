@@ -16,11 +16,13 @@ from toolbox.data.augment import BatchAugment
 from toolbox.data.loaders import Normalizer, make_loader
 from toolbox.errors import UserError
 from toolbox.metrics import METRICS, MetricConfig
+from toolbox.models.steps import has_manual_optimization, has_own_steps
+from toolbox.optimizers import ParameterSet
 from toolbox.records import checkpoint
 from toolbox.training.averaging import WeightAverage
 from toolbox.training.distributed import Distributed
 from toolbox.training.runtime import build_model, input_normalizer, resolve_device, seed_everything
-from toolbox.training.state import RunState
+from toolbox.training.state import MAIN_OPTIMIZER, RunState, ScheduledOptimizer
 
 
 @dataclass
@@ -79,21 +81,31 @@ def build_run(
     normalizer = input_normalizer(config, splits.info, device)
     augment = _augment(config, splits.info, device, dist)
     train_loader, val_loader = _loaders(config, splits, device, dist)
-    optimizer = config.optim.build(model)
-    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
-    scheduler = config.sched.build(optimizer, steps_per_epoch, config.epochs, config.monitor_mode)
+    if config.train_batch_limit or config.val_batch_limit:
+        notes.append(
+            f"limited to {len(train_loader)} training batches per epoch and "
+            f"{len(val_loader)} validation batches per evaluation"
+            + (" (--fast-dev-run)" if config.fast_dev_run else "")
+        )
+    steps_per_epoch, epochs, total_steps = run_length(config, len(train_loader))
+    optimizers = {
+        name: _scheduled_optimizer(config, trained, optim, sched, steps_per_epoch, total_steps)
+        for name, (trained, optim, sched) in _declared_optimizers(config, model).items()
+    }
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     state = RunState(
         config,
         dist,
         model=model,
         ema=ema,
-        optimizer=optimizer,
-        scheduler=scheduler,
+        optimizers=optimizers,
+        manual=has_manual_optimization(model),
         scaler=scaler,
         train_loader=train_loader,
         augment=augment,
         steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        total_steps=total_steps,
         data_info=splits.info,
         pretrained_keys=pretrained_keys,
     )
@@ -101,6 +113,69 @@ def build_run(
         device, splits, criterion, metrics, normalizer, val_loader, skipped_init_keys, notes
     )
     return state, parts
+
+
+def _declared_optimizers(config: TrainingConfig, model: torch.nn.Module) -> dict[str, tuple]:
+    """(what it trains, optimizer config, scheduler config) by name: the run's one optimizer
+    over the model, or those a model that drives its own declares (with the run's --optim
+    and --sched where it gives none), each over its ParameterSet."""
+    if not has_manual_optimization(model):
+        return {MAIN_OPTIMIZER: (model, config.optim, config.sched)}
+    refused = {
+        "--nan-policy skip": config.nan_policy == "skip",  # it cannot undo the model's steps
+        "--compile": config.compile,  # the steps' own backward passes would break its graph
+    }
+    for flag, given in refused.items():
+        if given:
+            raise UserError(
+                f"{flag} is not available for --arch {config.model.registered_name}, which "
+                "drives its own optimizers (configure_optimizers): its training step calls "
+                f"backward and steps them itself. Drop {flag}."
+            )
+    declared = model.configure_optimizers()
+    if not has_own_steps(model) or not declared:
+        raise UserError(
+            f"--arch {config.model.registered_name}: configure_optimizers() needs a model "
+            "with its own steps (training_step, evaluation_step, loss_names) and must name "
+            "at least one NamedOptimizer."
+        )
+    owners: dict[int, str] = {}
+    found = {}
+    for name, named in declared.items():
+        parameters = [p for p in named.parameters if p.requires_grad]
+        for parameter in parameters:
+            if owners.setdefault(id(parameter), name) != name:
+                raise UserError(
+                    f"--arch {config.model.registered_name}: the optimizers "
+                    f"{owners[id(parameter)]!r} and {name!r} share parameters; give each "
+                    "optimizer its own (a parameter steps once per training step)."
+                )
+        if not parameters:
+            raise UserError(
+                f"--arch {config.model.registered_name}: the optimizer {name!r} has no "
+                "parameter that requires gradients; give it some, or leave it out."
+            )
+        optim, sched = named.optim or config.optim, named.sched or config.sched
+        found[name] = (ParameterSet(parameters), optim, sched)
+    return found
+
+
+def _scheduled_optimizer(
+    config: TrainingConfig, trained, optim, sched, steps_per_epoch: int, total_steps: int
+) -> ScheduledOptimizer:
+    optimizer = optim.build(trained)
+    scheduler = sched.build(optimizer, steps_per_epoch, total_steps, config.monitor_mode)
+    return ScheduledOptimizer(optimizer, scheduler, optim, sched, list(trained.parameters()))
+
+
+def run_length(config: TrainingConfig, batches_per_epoch: int) -> tuple[int, int, int]:
+    """The optimizer steps per epoch, the epochs and the optimizer steps of the whole run:
+    --epochs, or as many epochs as --max-steps takes (the last one cut short)."""
+    steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
+    epochs = config.planned_epochs
+    if epochs is None:
+        return steps_per_epoch, math.ceil(config.max_steps / steps_per_epoch), config.max_steps
+    return steps_per_epoch, epochs, steps_per_epoch * epochs
 
 
 def _pretrained(model_config, model: torch.nn.Module, resumed: dict | None):
@@ -205,6 +280,8 @@ def _loaders(config: TrainingConfig, splits, device: torch.device, dist: Distrib
             (splits.val, config.eval_batch_size, False),
         )
     )
+    train_loader.batch_limit = config.train_batch_limit
+    val_loader.batch_limit = config.val_batch_limit
     if len(train_loader) == 0:
         processes = f" times {dist.world_size} processes" if dist.enabled else ""
         raise UserError(

@@ -103,9 +103,14 @@ class ProgressDisplay:
             return float("nan")
         return (time.perf_counter() - self.started) / done * (self.total_steps - self.steps)
 
-    def report(self, epoch: str, loss: float, samples_per_s: float) -> None:
+    def report(
+        self, epoch: str, loss: float, samples_per_s: float, metrics: dict[str, float] | None = None
+    ) -> None:
+        """The last --log-every interval's mean loss and training metrics (moving averages
+        over the interval), and its speed."""
+        shown = "".join(f" {name} {value:.4f}" for name, value in (metrics or {}).items())
         self.fields.update(
-            epoch=epoch, loss=f"loss {loss:.4f}", speed=f"{samples_per_s:,.0f} samples/s"
+            epoch=epoch, loss=f"loss {loss:.4f}{shown}", speed=f"{samples_per_s:,.0f} samples/s"
         )
         if self.progress is not None:
             self.progress.update(self.task, **self.fields, refresh=True)

@@ -4,6 +4,7 @@ checkpoints). With one process every function here is a cheap local no-op."""
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 from collections.abc import Callable
@@ -106,6 +107,21 @@ class Distributed:
                 if parameter.grad is not None:
                     self.all_reduce(parameter.grad).div_(self.world_size)
 
+    def average_gradients_of(self, parameters: list[torch.nn.Parameter]) -> None:
+        """Average the parameters' gradients over the ranks in one all-reduce (of their
+        concatenation): one optimizer's, for a model that steps its own (no DDP there).
+        Every rank must have gradients for the same parameters."""
+        if not self.enabled:
+            return
+        grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
+        if not grads:
+            return
+        flat = self.all_reduce(torch.cat([grad.reshape(-1) for grad in grads]))
+        flat.div_(self.world_size)
+        sizes = [grad.numel() for grad in grads]
+        for grad, averaged in zip(grads, flat.split(sizes), strict=True):
+            grad.copy_(averaged.view_as(grad))
+
     def sync_buffers(self, module: torch.nn.Module) -> None:
         """Copy rank 0's buffers (e.g. batch-norm running statistics, which each rank updates
         from its own batches) to every rank, so that evaluations agree everywhere."""
@@ -192,4 +208,5 @@ def stop(context: Distributed, together: bool) -> None:
     if context.enabled and dist.is_initialized():
         if together:
             dist.barrier()
+        gc.collect()  # a DDP wrapper left in a reference cycle still holds the group
         dist.destroy_process_group()

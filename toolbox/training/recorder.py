@@ -9,7 +9,7 @@ every call does nothing, so that no caller asks which rank it is on."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from pathlib import Path
 
@@ -46,6 +46,9 @@ class NullRecorder(Listener):
         self.logger = logger
 
     def step_loss(self, loss: float, step: int) -> None:
+        pass
+
+    def log_values(self, values: dict[str, float], step: int) -> None:
         pass
 
     def histograms(
@@ -99,13 +102,16 @@ class Recorder(NullRecorder):
         self.table.append(row)
         self._fan_out("evaluation", row)
         self.last_values = {key: value for key, value in row.items() if key.startswith("val_")}
-        # The last epoch's drawing starts now, while the last checkpoints are written.
-        self.plotter.update(force=row["epoch"] >= self.config.epochs)
+        # The last evaluation's drawing starts now, while the last checkpoints are written.
+        state = self.state
+        self.plotter.update(force=row["step"] >= state.total_steps)
         values = {key: value for key, value in row.items() if key.startswith(("train_", "val_"))}
+        by_steps = self.config.eval_every_steps or self.config.max_steps
         self.logger.info(
-            "epoch %d/%d %s lr %.3g%s",
-            row["epoch"],
-            self.config.epochs,
+            "%s %d/%d %s lr %.3g%s",
+            "step" if by_steps else "epoch",
+            row["step"] if by_steps else row["epoch"],
+            state.total_steps if by_steps else state.epochs,
             " ".join(f"{name} {value:.4f}" for name, value in values.items()),
             row["lr"],
             " (best)" if improved else "",
@@ -121,9 +127,12 @@ class Recorder(NullRecorder):
         if status != "finished":
             return
         progress, best = self.state.progress, self.state.progress.best_value
+        length = f"{progress.epoch} epochs"
+        if self.config.max_steps:
+            length = f"{progress.step} steps ({length})"
         self.logger.info(
-            "done: %d epochs in %s; best %s %s at epoch %s. Evaluate on the test split with: %s",
-            progress.epoch,
+            "done: %s in %s; best %s %s at epoch %s. Evaluate on the test split with: %s",
+            length,
             format_duration(progress.elapsed_s),
             self.config.monitor,
             "n/a" if best is None else f"{best:.4f}",
@@ -133,6 +142,12 @@ class Recorder(NullRecorder):
 
     def step_loss(self, loss: float, step: int) -> None:
         self._fan_out("step_loss", loss, step)
+
+    def log_values(self, values: dict[str, float], step: int) -> None:
+        """A callback's scalars: to every tracker, and a line in training.log."""
+        self._fan_out("scalars", values, step)
+        shown = " ".join(f"{name} {value:.4g}" for name, value in values.items())
+        self.logger.info("step %d %s", step, shown, extra={"file_only": True})
 
     def histograms(
         self, model: torch.nn.Module, epoch: int, grad_scale: Callable[[], float]
@@ -217,7 +232,7 @@ def open_recorder(
     if not dist.is_main:
         return NullRecorder(logger)
     record = _start_record(run_dir, config, state, parts, logger, command, resumed)
-    columns = metrics_columns(config, loss_names, parts.metrics)
+    columns = metrics_columns(config, loss_names, parts.metrics, state.lr_columns())
     table = MetricsTable(run_dir / METRICS_FILE, columns)
     progress = state.progress
     if resumed:
@@ -296,7 +311,7 @@ def _start_record(
     save_config(run_dir, config)
     env = environment(parts.device)
     record = RunRecord(run_dir)
-    record.start(config, command, env["git"])
+    record.start(config, command, env["git"], state.epochs)
     progress, loader = state.progress, state.train_loader
     if not (run_dir / RUNTIME).exists():
         write_json(run_dir / RUNTIME, {"lr_scale": progress.lr_scale})
@@ -315,10 +330,24 @@ def _start_record(
     return record
 
 
-def metrics_columns(config: TrainingConfig, loss_names: tuple[str, ...], metrics) -> list[str]:
-    """metrics.csv's header: epoch, step, lr, train_ and val_ losses, val_ metrics, ..."""
-    columns = ["epoch", "step", "lr"]
-    columns += [f"{split}_{name}" for split in ("train", "val") for name in loss_names]
-    columns += [f"val_{name}" for name in metrics]
+def metrics_columns(
+    config: TrainingConfig,
+    loss_names: tuple[str, ...],
+    metrics,
+    lr_columns: Iterable[str],
+) -> list[str]:
+    """metrics.csv's header: epoch, step, lr (and lr_<name> per optimizer when a model has
+    several: RunState.lr_columns), train_ and val_ losses, val_ metrics, ..."""
+    columns = ["epoch", "step", *lr_columns]
+    columns += [f"train_{name}" for name in (*loss_names, *train_metric_names(config, metrics))]
+    columns += [f"val_{name}" for name in (*loss_names, *metrics)]
     columns += ["nan_skips"] if config.nan_policy == "skip" else []
     return columns + ["elapsed_s"]
+
+
+def train_metric_names(config: TrainingConfig, metrics: dict) -> list[str]:
+    """The --metrics scored on training batches too (--train-metrics): those that are a sum
+    and a count over samples; the others (AUROC, F1) need the whole split at once."""
+    if not config.train_metrics:
+        return []
+    return [name for name, metric in metrics.items() if metric.make_state(2) is None]

@@ -1,6 +1,6 @@
 """The state a checkpoint holds: one object that saves and restores every stateful part of
-a run (model, weight average, optimizer, scheduler, grad scaler, loader position, progress,
-and each rank's random streams), so that a resumed run continues bit-exactly."""
+a run (model, weight average, optimizers, schedulers, grad scaler, loader position,
+progress, and each rank's random streams), so that a resumed run continues bit-exactly."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +22,25 @@ from toolbox.records import checkpoint
 from toolbox.training.averaging import WeightAverage
 from toolbox.training.distributed import Distributed
 from toolbox.training.runtime import rng_state, set_rng_state
+
+if TYPE_CHECKING:
+    from toolbox.optimizers import OptimizerConfig
+    from toolbox.schedulers import SchedulerConfig
+
+MAIN_OPTIMIZER = "main"
+"""The name of the optimizer of a model that declares none of its own (callbacks hear it)."""
+
+
+@dataclass
+class ScheduledOptimizer:
+    """One optimizer of the run, its scheduler, and the configs they were built from."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    optim: OptimizerConfig
+    sched: SchedulerConfig
+    parameters: list[torch.nn.Parameter]
+    """What it trains: what its gradients' averaging and clipping read."""
 
 
 @dataclass
@@ -36,13 +56,14 @@ class Progress:
     best_value: float | None = None
     """Best value of the monitored metric so far."""
     best_epoch: int | None = None
-    epoch_loss_sums: dict[str, float] = field(default_factory=dict)
-    """Each named training loss summed over the samples of the current epoch seen so far."""
-    epoch_samples: int = 0
+    train_loss_sums: dict[str, float] = field(default_factory=dict)
+    """Each named training loss summed over the samples trained on since the last
+    evaluation (whose row gives their means as train_<name>)."""
+    train_samples: int = 0
+    train_metric_sums: dict[str, list[float]] = field(default_factory=dict)
+    """Each --metrics' training [sum, count] since the last evaluation (--train-metrics)."""
     nan_skips: int = 0
     """Batches skipped for a non-finite loss (--nan-policy skip)."""
-    evals_since_best: int = 0
-    """Evaluations since the monitored metric last improved (for --early-stop-patience)."""
     lr_scale: float = 1.0
     """The learning-rate factor last read from runtime.json."""
     steps_per_epoch: int = 0
@@ -54,22 +75,34 @@ class Progress:
         saved = dict(saved)
         if "epoch_loss_sum" in saved:  # before named losses: the main loss alone
             saved["epoch_loss_sums"] = {MAIN_LOSS: saved.pop("epoch_loss_sum")}
+        # Before step-based evaluations the sums were the epoch's, and early stopping's
+        # count was the progress's (it is the early_stopping callback's own state now).
+        if "epoch_loss_sums" in saved:
+            saved["train_loss_sums"] = saved.pop("epoch_loss_sums")
+            saved["train_samples"] = saved.pop("epoch_samples")
+        saved.pop("evals_since_best", None)
         return cls(**saved)
 
     def add_losses(self, names: tuple[str, ...], totals: list[float], count: int) -> None:
-        """Add a window of steps' loss sums (over ``count`` samples) to the epoch's."""
+        """Add a window of steps' loss sums (over ``count`` samples) to the interval's."""
         for name, total in zip(names, totals, strict=True):
-            self.epoch_loss_sums[name] = self.epoch_loss_sums.get(name, 0.0) + total
-        self.epoch_samples += count
+            self.train_loss_sums[name] = self.train_loss_sums.get(name, 0.0) + total
+        self.train_samples += count
 
-    def epoch_mean_losses(self) -> dict[str, float]:
-        samples = max(self.epoch_samples, 1)
-        return {name: total / samples for name, total in self.epoch_loss_sums.items()}
+    def add_metrics(self, sums: dict[str, tuple[float, int]]) -> None:
+        """Add a window of steps' training metric sums and counts to the interval's."""
+        for name, (total, count) in sums.items():
+            kept = self.train_metric_sums.setdefault(name, [0.0, 0])
+            kept[0] += total
+            kept[1] += count
 
-    def end_epoch(self, epoch_idx: int) -> None:
-        self.epoch = epoch_idx + 1
-        self.epoch_loss_sums = {}
-        self.epoch_samples = 0
+    def train_mean_losses(self) -> dict[str, float]:
+        samples = max(self.train_samples, 1)
+        return {name: total / samples for name, total in self.train_loss_sums.items()}
+
+    def start_train_interval(self) -> None:
+        """An evaluation read the training sums: the next row's start from nothing."""
+        self.train_loss_sums, self.train_samples, self.train_metric_sums = {}, 0, {}
 
     def record_evaluation(self, monitored: float, mode: str) -> bool:
         """Count an evaluation of the monitored metric; returns whether it is the best yet
@@ -81,9 +114,6 @@ class Progress:
         if improved:
             self.best_value = monitored
             self.best_epoch = self.epoch
-            self.evals_since_best = 0
-        else:
-            self.evals_since_best += 1
         return improved
 
 
@@ -114,30 +144,64 @@ class RunState:
         *,
         model: torch.nn.Module,
         ema: WeightAverage | None,
-        optimizer: torch.optim.Optimizer,
-        scheduler,
+        optimizers: dict[str, ScheduledOptimizer],
+        manual: bool = False,
         scaler: torch.amp.GradScaler,
         train_loader,
         augment: BatchAugment | None,
         steps_per_epoch: int,
+        epochs: int,
+        total_steps: int,
         data_info=None,
         pretrained_keys: list[str] = (),
     ) -> None:
         """``data_info`` (the dataset's DatasetInfo) is saved for what uses the trained
         model without its data: toolbox.load_model, prediction, export; ``pretrained_keys``
-        (the tensors --model.weights loaded) for a resume's optimizer groups."""
+        (the tensors --model.weights loaded) for a resume's optimizer groups. ``optimizers``
+        by name: the run's one (MAIN_OPTIMIZER), or those the model declares and steps
+        itself (``manual``, toolbox.models.steps)."""
         self.config, self.dist = config, dist
         self.data_info = data_info
         self.pretrained_keys = list(pretrained_keys)
         self.model, self.ema = model, ema
-        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.optimizers, self.manual, self.scaler = optimizers, manual, scaler
         self.train_loader, self.augment = train_loader, augment
         self.steps_per_epoch = steps_per_epoch
+        self.epochs, self.total_steps = epochs, total_steps
+        """The epochs the run trains for (the last one cut short at --max-steps) and its
+        optimizer steps in all."""
         self.progress = Progress(steps_per_epoch=steps_per_epoch)
+        self.callbacks: dict = {}
+        """The run's callbacks by name (on this rank), whose states checkpoints keep."""
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The first optimizer (the only one, unless the model declares several)."""
+        return next(iter(self.optimizers.values())).optimizer
+
+    @property
+    def scheduler(self):
+        """The first optimizer's scheduler."""
+        return next(iter(self.optimizers.values())).scheduler
 
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+    def lr_columns(self) -> dict[str, float]:
+        """The learning rates an evaluation row holds: the first optimizer's as ``lr``, and
+        with several optimizers each one's as ``lr_<name>`` too."""
+        columns = {"lr": self.lr}
+        if len(self.optimizers) > 1:
+            for name, entry in self.optimizers.items():
+                columns[f"lr_{name}"] = entry.optimizer.param_groups[0]["lr"]
+        return columns
+
+    def step_eval_schedulers(self, monitored: float) -> None:
+        """Step the schedulers that follow the evaluations with the monitored metric."""
+        for entry in self.optimizers.values():
+            if entry.sched.interval == "eval":
+                entry.scheduler.step(monitored)
 
     # --- saving --------------------------------------------------------------------------
 
@@ -174,14 +238,26 @@ class RunState:
         }
 
     def _state_dict(self, ranks: list[dict], run_id: str | None) -> dict:
+        # The first optimizer's states, saved once: the named entry and "optimizer" (which
+        # every checkpoint has, and single-optimizer readers read) are the same objects.
+        named = {
+            name: {
+                "optimizer": entry.optimizer.state_dict(),
+                "scheduler": entry.scheduler.state_dict(),
+                "lr": entry.optim.lr,
+            }
+            for name, entry in self.optimizers.items()
+        }
+        first = next(iter(named.values()))
         return {
             "format": checkpoint.FORMAT,
             "run_id": run_id,
             "config": to_plain(self.config),
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizer": first["optimizer"],
+            "scheduler": first["scheduler"],
+            "named_optimizers": named if self.manual else None,
             "scaler": self.scaler.state_dict(),
             "loader": self.train_loader.state_dict(),
             # Rank 0's streams, which a single process resumes with; all ranks' under torchrun.
@@ -190,6 +266,7 @@ class RunState:
             "progress": dataclasses.asdict(self.progress),
             "data_info": dataclasses.asdict(self.data_info) if self.data_info else None,
             "pretrained_keys": self.pretrained_keys,
+            "callbacks": {name: callback.state_dict() for name, callback in self.callbacks.items()},
         }
 
     @staticmethod
@@ -208,12 +285,6 @@ class RunState:
         """Continue from the checkpoint ``saved`` (--resume); returns notes for the log."""
         resume = f"--resume {self.config.resume}"
         checkpoint.load_model_state(self.model, saved["model"], resume, strict=True)
-        # Loading the states brings back the saved hyper-parameters too; the ones given now
-        # (--optim.*, --sched.*) must win, e.g. a lower --optim.lr after a divergence.
-        chosen = [
-            {key: value for key, value in group.items() if key != "params"}
-            for group in self.optimizer.param_groups
-        ]
         if self.ema is not None:
             checkpoint.load_model_state(
                 self.ema.module,
@@ -221,10 +292,19 @@ class RunState:
                 f"{resume} (its --ema-decay average)",
                 strict=True,
             )
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        saved_lr = from_plain(saved["config"]).optim.lr
-        self._apply_hyperparameters(chosen, self.config.optim.lr / saved_lr)
+        saved_optimizers = self._saved_optimizers(saved, resume)
+        for name, entry in self.optimizers.items():
+            # Loading the states brings back the saved hyper-parameters too; the ones given
+            # now (--optim.*, --sched.*, the model's) must win, e.g. a lower --optim.lr
+            # after a divergence.
+            chosen = [
+                {key: value for key, value in group.items() if key != "params"}
+                for group in entry.optimizer.param_groups
+            ]
+            states = saved_optimizers[name]
+            entry.optimizer.load_state_dict(states["optimizer"])
+            entry.scheduler.load_state_dict(states["scheduler"])
+            self._apply_hyperparameters(entry, chosen, entry.optim.lr / states["lr"])
         if saved["scaler"]:
             self.scaler.load_state_dict(saved["scaler"])
         self.train_loader.load_state_dict(saved["loader"])
@@ -236,13 +316,44 @@ class RunState:
                 + self.train_loader.resume_batch // self.config.grad_accum
             )
         self.progress.steps_per_epoch = self.steps_per_epoch
-        if self.progress.epoch >= self.config.epochs:
+        if self.config.max_steps and self.progress.step >= self.total_steps:
+            raise UserError(
+                f"{resume}: the run has already trained {self.progress.step} of --max-steps "
+                f"{self.total_steps}; pass a larger --max-steps (e.g. --max-steps "
+                f"{self.progress.step * 2}) to train further."
+            )
+        if not self.config.max_steps and self.progress.epoch >= self.epochs:
             raise UserError(
                 f"{resume}: the run has already trained {self.progress.epoch} of --epochs "
-                f"{self.config.epochs}; pass a larger --epochs (e.g. --epochs "
+                f"{self.epochs}; pass a larger --epochs (e.g. --epochs "
                 f"{self.progress.epoch + 10}) to train further."
             )
         return notes
+
+    def _saved_optimizers(self, saved: dict, resume: str) -> dict[str, dict]:
+        """Each optimizer's saved states and peak rate, by name; a checkpoint of the run's
+        one optimizer (of any version) holds its states as "optimizer" and "scheduler"."""
+        named = saved.get("named_optimizers")
+        if not self.manual and not named:
+            lr = from_plain(saved["config"]).optim.lr
+            states = {"optimizer": saved["optimizer"], "scheduler": saved["scheduler"], "lr": lr}
+            return {MAIN_OPTIMIZER: states}
+        if not named or list(named) != list(self.optimizers):
+            kept = ", ".join(named) if named else "the run's one optimizer (--optim)"
+            raise UserError(
+                f"{resume}: the checkpoint holds the states of {kept}, but the model now "
+                f"trains with {', '.join(self.optimizers)}; resume with the code that saved "
+                "it, or start a new run (--init-from loads its weights)."
+            )
+        return named
+
+    def restore_callbacks(self, saved: dict) -> None:
+        """The callbacks continue from the states the checkpoint ``saved`` keeps (one added
+        since starts afresh)."""
+        states = saved.get("callbacks") or {}
+        for name, callback in self.callbacks.items():
+            if name in states:
+                callback.load_state_dict(states[name])
 
     def _restore_random_streams(self, saved: dict) -> list[str]:
         ranks = saved.get("ranks") or [{"rng": saved["rng"], "augment": saved.get("augment")}]
@@ -262,46 +373,56 @@ class RunState:
     def _move_schedule_to(self, step: int) -> list[str]:
         """Sets a per-step schedule to ``step``: after a resume with other steps per epoch,
         it goes on from the same fraction of the run."""
-        if self.config.sched.interval != "step":
+        stepped = [entry for entry in self.optimizers.values() if entry.sched.interval == "step"]
+        if not stepped:
             return []
-        self.scheduler.last_epoch = step
-        for group, base_lr, factor in zip(
-            self.optimizer.param_groups,
-            self.scheduler.base_lrs,
-            self.scheduler.lr_lambdas,
-            strict=True,
-        ):
-            group["lr"] = base_lr * factor(step)
+        for entry in stepped:
+            entry.scheduler.last_epoch = step
+            for group, base_lr, factor in zip(
+                entry.optimizer.param_groups,
+                entry.scheduler.base_lrs,
+                entry.scheduler.lr_lambdas,
+                strict=True,
+            ):
+                group["lr"] = base_lr * factor(step)
         return [
             f"{self.progress.steps_per_epoch} optimizer steps per epoch when saved, "
             f"{self.steps_per_epoch} now: the schedule goes on from step {step}"
         ]
 
-    def _apply_hyperparameters(self, chosen: list[dict], lr_ratio: float) -> None:
-        for group, fresh in zip(self.optimizer.param_groups, chosen, strict=True):
+    @staticmethod
+    def _apply_hyperparameters(
+        entry: ScheduledOptimizer, chosen: list[dict], lr_ratio: float
+    ) -> None:
+        for group, fresh in zip(entry.optimizer.param_groups, chosen, strict=True):
             for key, value in fresh.items():
                 if key not in ("lr", "initial_lr"):
                     group[key] = value
-        self.scale_lr(lr_ratio)
-        sched = self.config.sched
+        _scale_lr(entry, lr_ratio)
         for name in ("factor", "patience"):  # ReduceLROnPlateau keeps these in its state
-            if hasattr(self.scheduler, name) and hasattr(sched, name):
-                setattr(self.scheduler, name, getattr(sched, name))
+            if hasattr(entry.scheduler, name) and hasattr(entry.sched, name):
+                setattr(entry.scheduler, name, getattr(entry.sched, name))
 
     # --- changes while training ----------------------------------------------------------
 
     def scale_lr(self, ratio: float) -> None:
-        """Multiply the learning rate now and everything the schedule derives it from."""
-        if ratio == 1.0:
-            return
-        for group in self.optimizer.param_groups:
-            group["lr"] *= ratio
-            if "initial_lr" in group:
-                group["initial_lr"] *= ratio
-        if hasattr(self.scheduler, "base_lrs"):
-            self.scheduler.base_lrs = [lr * ratio for lr in self.scheduler.base_lrs]
+        """Multiply every optimizer's learning rate now and everything its schedule derives
+        it from."""
+        for entry in self.optimizers.values():
+            _scale_lr(entry, ratio)
 
     def set_lr_scale(self, scale: float) -> None:
         """runtime.json's factor: the learning rate moves by its ratio to the last one."""
         self.scale_lr(scale / self.progress.lr_scale)
         self.progress.lr_scale = float(scale)
+
+
+def _scale_lr(entry: ScheduledOptimizer, ratio: float) -> None:
+    if ratio == 1.0:
+        return
+    for group in entry.optimizer.param_groups:
+        group["lr"] *= ratio
+        if "initial_lr" in group:
+            group["initial_lr"] *= ratio
+    if hasattr(entry.scheduler, "base_lrs"):
+        entry.scheduler.base_lrs = [lr * ratio for lr in entry.scheduler.base_lrs]

@@ -1,5 +1,5 @@
 """When a run stops short of --epochs, and what it says then: stop signals agreed on by all
-ranks, early stopping, divergence and lost processes; and runtime.json's lr_scale, the
+ranks, stops asked for by callbacks (early stopping), divergence and lost processes; and runtime.json's lr_scale, the
 one setting a user may change while the run trains."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from toolbox.errors import DivergenceError, LostContactError, RunStopped
 from toolbox.records import checkpoint
 from toolbox.records.layout import RUNTIME
 from toolbox.training.distributed import Distributed
-from toolbox.training.events import Listener
 from toolbox.training.signals import StopSignals
 from toolbox.training.state import RunState
 
@@ -29,12 +28,13 @@ def loss_became_non_finite(epoch_idx: int, batch_idx: int) -> str:
     return f"the training loss became non-finite in epoch {epoch_idx + 1}, batch {batch_idx + 1}"
 
 
-class StopController(Listener):
+class StopController:
     """Decides, at steps every rank reaches together, whether the run stops, and words it.
 
     ``signal`` is the stop signal all ranks agreed on at the last ``agree()``;
-    ``early_stop_reason`` is set by the last evaluation (--early-stop-patience and
-    --early-stop-lr). ``attach`` gives it the run directory and the log once they exist."""
+    ``stop_request`` the reason a callback (early stopping, a search's pruner) gave for
+    ending the run, which the trainer honours after that evaluation. ``attach`` gives it
+    the run directory and the log once they exist."""
 
     def __init__(
         self,
@@ -47,7 +47,7 @@ class StopController(Listener):
         self.config, self.dist, self.device = config, dist, device
         self.signals, self.state = signals, state
         self.signal: int | None = None
-        self.early_stop_reason: str | None = None
+        self.stop_request: str | None = None
         self.run_dir: Path | None = None
         self.logger: logging.Logger | None = None
         self._ignored_runtime: str | None = None
@@ -91,22 +91,9 @@ class StopController(Listener):
         )
         return RunStopped(f"stopped by {name}", 128 + self.signal, reported=True)
 
-    # --- early stopping ------------------------------------------------------------------
-
-    def on_evaluation_end(self, row: dict[str, float | int], improved: bool) -> None:
-        config, progress = self.config, self.state.progress
-        self.early_stop_reason = None
-        if config.early_stop_patience and progress.evals_since_best >= config.early_stop_patience:
-            self.early_stop_reason = (
-                f"{config.monitor} has not improved for {progress.evals_since_best} evaluations "
-                f"(best {progress.best_value:.4g} at epoch {progress.best_epoch}; "
-                f"--early-stop-patience {config.early_stop_patience})"
-            )
-        elif self.state.lr < config.early_stop_lr:
-            self.early_stop_reason = (
-                f"the learning rate {self.state.lr:.3g} fell below --early-stop-lr "
-                f"{config.early_stop_lr:g}"
-            )
+    def request_stop(self, reason: str) -> None:
+        """End the run at the next evaluation's or epoch's end; the first reason is kept."""
+        self.stop_request = self.stop_request or reason
 
     # --- failures ------------------------------------------------------------------------
 

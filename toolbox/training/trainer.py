@@ -1,27 +1,26 @@
-"""The training loop: lr -> forward under autocast -> loss -> backward -> clip -> step -> log.
+"""The training loop: epochs -> (one epoch: epoch.EpochLoop) -> evaluation -> checkpoint.
 
 The trainer owns the loop and nothing it can delegate. Its collaborators: the run's
 checkpointed state (state.RunState), the recorder of the rank that writes (a NullRecorder
-on the others), the stop controller, and the events they listen to (events.Events). Every
-model goes through the same steps (steps.as_steps): a plain model is adapted with its
-criterion."""
+on the others), the stop controller, the user's callbacks, and the events they listen to
+(events.Events). Every model goes through the same steps (steps.as_steps): a plain model is
+adapted with its criterion; one that drives its own optimizers gets a ManualOptimization
+(manual.py)."""
 
 from __future__ import annotations
 
 import shlex
 import signal
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
+from toolbox.callbacks import Callback
 from toolbox.config.training import TrainingConfig
-from toolbox.data.loaders import to_device
 from toolbox.errors import RunStopped, UserError
-from toolbox.models.steps import MAIN_LOSS
 from toolbox.records import checkpoint
 from toolbox.records.lock import RunLock
 from toolbox.records.log import close_logging
@@ -29,21 +28,22 @@ from toolbox.records.run_dir import new_run_dir
 from toolbox.training.build import build_run
 from toolbox.training.display import ProgressDisplay
 from toolbox.training.distributed import Distributed, is_communication_failure, wrap_in_ddp
+from toolbox.training.epoch import EpochLoop
 from toolbox.training.evaluation import evaluate_steps
 from toolbox.training.events import Events
-from toolbox.training.recorder import open_recorder
-from toolbox.training.runtime import autocast
+from toolbox.training.manual import training_runner
+from toolbox.training.recorder import open_recorder, train_metric_names
 from toolbox.training.signals import StopSignals, active_watch, watch_stop_signals
-from toolbox.training.state import Progress, SessionClock
+from toolbox.training.state import MAIN_OPTIMIZER, Progress, SessionClock
 from toolbox.training.steps import StepRunner, as_steps
-from toolbox.training.stopping import StopController, loss_became_non_finite
-from toolbox.training.window import LossWindow
+from toolbox.training.stopping import StopController
 
-__all__ = ["Progress", "Trainer"]
+__all__ = ["MAIN_OPTIMIZER", "Progress", "Trainer"]
 
 
-class Trainer:
-    """Builds the run from its config and trains it: the loop and the evaluations."""
+class Trainer(EpochLoop):
+    """Builds the run from its config and trains it: the epochs (one is EpochLoop's) and
+    the evaluations."""
 
     def __init__(
         self,
@@ -85,6 +85,7 @@ class Trainer:
         self.model = self.state.model
         notes = parts.notes + (self.state.restore(resumed) if resumed is not None else [])
         self._wrap_steps(parts.criterion)
+        self.train_metric_names = tuple(train_metric_names(config, self.metrics))
         # The command's watch when train_main runs us; fit() watches itself otherwise.
         signals = active_watch() or StopSignals()
         self.stopper = StopController(config, self.dist, self.device, signals, self.state)
@@ -106,18 +107,24 @@ class Trainer:
         )
         self.logger = self.recorder.logger
         self.stopper.attach(self.run_dir, self.logger)
-        self.events = Events((self.recorder, self.stopper))
+        self.events = Events((self.recorder,))
+        self.callbacks = self._build_callbacks(resumed)
 
     def _wrap_steps(self, criterion: torch.nn.Module) -> None:
         """The steps the loop and the evaluations run, wrapped for DDP and torch.compile."""
         classification = self.splits.info.task == "classification"
         self.steps = as_steps(self.model, criterion, classification)
         self.loss_names = tuple(self.steps.loss_names)
+        runner, self.optimization = training_runner(
+            self.steps, self.state, self.config, self.dist, self.device, lambda: self.events
+        )  # (the events are set up after the steps)
         # DDP goes inside torch.compile, so the compiler sees its bucketed all-reduces. Both
         # wrappers share parameters with self.model, whose state_dict (no "module." or
-        # "_orig_mod." prefix) is what checkpoints hold.
-        runner = StepRunner(self.steps)
-        self.ddp = wrap_in_ddp(runner, self.device) if self.dist.enabled else None
+        # "_orig_mod." prefix) is what checkpoints hold. A model's own backward passes run
+        # inside forward, where DDP's reducer cannot see them: each of its optimizers
+        # averages its gradients as it steps instead.
+        wrapped = self.dist.enabled and self.optimization is None
+        self.ddp = wrap_in_ddp(runner, self.device) if wrapped else None
         train_runner = self.ddp or runner
         self.runner = torch.compile(train_runner) if self.config.compile else train_runner
         # Evaluations (and figures) see the average, when there is one, as test.py does.
@@ -130,6 +137,31 @@ class Trainer:
         self.augment = self.state.augment
         self.batches_on_device = getattr(self.state.train_loader, "on_device", False)
         self.compiled_warm = False
+
+    def _build_callbacks(self, resumed: dict | None) -> dict[str, Callback]:
+        """--callbacks, built and subscribed in the order given (on the writing rank only,
+        unless a callback runs on all), continuing from the resumed checkpoint's states."""
+        callbacks = {}
+        for name, callback_config in self.config.callback_configs.items():
+            callback = callback_config.build()
+            if self.dist.is_main or callback.all_ranks:
+                callbacks[name] = callback
+                self.events.subscribe_callback(callback, self)
+        self.state.callbacks = callbacks
+        if resumed is not None:
+            self.state.restore_callbacks(resumed)
+        return callbacks
+
+    # --- what callbacks may do -----------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """End the run after this epoch (or this --eval-every-steps evaluation), finished
+        and resumable as an early stop is; ``reason`` goes to the log and run.json."""
+        self.stopper.request_stop(reason)
+
+    def log_values(self, values: dict[str, float], step: int) -> None:
+        """Scalars at optimizer step ``step``, to the trackers and training.log."""
+        self.recorder.log_values(values, step)
 
     @property
     def writer(self):
@@ -148,6 +180,9 @@ class Trainer:
         if hasattr(self, "val_loader"):  # set after the state, which holds the train loader
             for loader in (self.state.train_loader, self.val_loader):
                 loader.close()
+        # DDP's reducer holds the process group, which must not outlive its destruction
+        # (distributed.stop): a gloo group freed at interpreter exit may abort the process.
+        self.ddp = self.runner = self.eval_runner = None
         if self.lock is not None:
             self.lock.release()
             self.lock = None
@@ -168,12 +203,11 @@ class Trainer:
     def _fit(self) -> Path:
         progress = self.state.progress
         self.clock.start(progress.elapsed_s)
-        total_steps = self.state.steps_per_epoch * self.config.epochs
-        display = ProgressDisplay(self.console, self.logger, total_steps, progress.step)
+        display = ProgressDisplay(self.console, self.logger, self.state.total_steps, progress.step)
         with self._outcome_recorded():
             self.stopper.agree()  # a signal that came after the run directory was set up
             self.stopper.raise_if_stopped_in_set_up()
-            self.events.emit("fit_start", progress)
+            self.events.emit("fit_start")
             with display:
                 stop_reason = self._train(display)
             self.recorder.end_of_run()
@@ -227,156 +261,46 @@ class Trainer:
 
     def _train(self, display: ProgressDisplay) -> str | None:
         """The epochs left; returns the reason of an early stop, if one came."""
-        config, progress = self.config, self.state.progress
-        for epoch_idx in range(progress.epoch, config.epochs):
+        config, state, progress = self.config, self.state, self.state.progress
+        for epoch_idx in range(progress.epoch, state.epochs):
             self.stopper.apply_runtime_settings()  # runtime.json, edited while training
             self.events.emit("epoch_start", epoch_idx)
-            train_losses = self._train_epoch(epoch_idx, display)
-            progress.end_epoch(epoch_idx)
-            if progress.epoch % config.eval_every == 0 or progress.epoch == config.epochs:
-                self._evaluate(train_losses, display)
+            stop_reason = self._train_epoch(epoch_idx, display)
+            if stop_reason:
+                return stop_reason
+            progress.epoch = epoch_idx + 1
+            last = progress.epoch == state.epochs
+            if config.eval_every_steps:
+                due = last or progress.step % config.eval_every_steps == 0
+            else:
+                due = last or progress.epoch % config.eval_every == 0
+            if due:
+                self._evaluate(display)
             self._save(checkpoint.LAST)
             self.state.keep_epoch_copy(self.run_dir)
             self.events.emit("epoch_end", progress.epoch)
             self.stopper.agree()
-            if self.stopper.early_stop_reason:
-                self.logger.info("stopping early: %s", self.stopper.early_stop_reason)
-                return self.stopper.early_stop_reason
-            if progress.epoch < config.epochs:  # a stop after the last: the run finished
+            stop_reason = self._agreed_stop_request()
+            if stop_reason:
+                return stop_reason
+            if not last:  # a stop after the last epoch: the run finished
                 self._stop_if_requested()
         return None
 
-    # --- one epoch -----------------------------------------------------------------------
-
-    def _train_epoch(self, epoch_idx: int, display: ProgressDisplay) -> dict[str, float]:
-        """One epoch, from the resume position when resuming mid-epoch; returns the mean of
-        each named training loss over the epoch's samples."""
-        config, progress, loader = self.config, self.state.progress, self.state.train_loader
-        self.runner.train()
-        epoch_label = f"epoch {epoch_idx + 1}/{config.epochs}"
-        num_batches = len(loader)
-        window = LossWindow(
-            self.loss_names,
-            progress,
-            self.dist.all_reduce,
-            lambda batch_idx: self.stopper.diverged(loss_became_non_finite(epoch_idx, batch_idx)),
-        )
-        for batch_idx, batch in enumerate(loader, loader.resume_batch):
-            if not self.batches_on_device:
-                batch = to_device(batch, self.device)
-            group_start = batch_idx - batch_idx % config.grad_accum
-            group_size = min(config.grad_accum, num_batches - group_start)
-            steps_now = batch_idx + 1 - group_start == group_size
-            losses = self._forward_backward(batch, group_size, steps_now)
-            if losses is not None:
-                window.add(batch_idx, len(batch["input"]), losses)
-            else:
-                self._skip_batch(epoch_label, epoch_idx, batch_idx, steps_now)
-            if not steps_now:
-                continue  # accumulate more gradients before stepping
-            self._optimizer_step(epoch_idx, at_epoch_end=batch_idx + 1 == num_batches)
-            display.advance()
-            self.events.emit("step_end", progress.step)
-            if config.compile and not self.compiled_warm:
-                self._time_compilation(window)
-            if progress.step % config.log_every == 0:
-                self._report_interval(window, display, epoch_label)
-            if batch_idx + 1 < num_batches:  # the epoch's end evaluates and saves in _train
-                self._checkpoint_or_stop_within_epoch(window)
-        window.flush()
-        return progress.epoch_mean_losses()
-
-    def _forward_backward(
-        self, batch: dict[str, torch.Tensor], group_size: int, steps_now: bool
-    ) -> dict[str, torch.Tensor] | None:
-        """The training step and its backward; returns its named losses (device scalars), or
-        None when --nan-policy skip drops the batch (its loss is non-finite on some rank)."""
-        inputs = batch["input"] if self.augment is None else self.augment(batch["input"])
-        # Only the last batch of an accumulation group all-reduces its gradients.
-        with self.ddp.no_sync() if self.ddp and not steps_now else nullcontext():
-            with autocast(self.device, self.config.precision):
-                losses, _ = self.runner({**batch, "input": self.normalizer(inputs)}, True)
-            loss = losses[MAIN_LOSS].float()  # fp16's loss scale overflows in half precision
-            if self.config.nan_policy == "skip" and not self.dist.all_ranks_true(
-                bool(torch.isfinite(loss).item()),
-                self.device,  # the policy's sync per batch
-            ):
-                return None
-            self.state.scaler.scale(loss / group_size if group_size > 1 else loss).backward()
-        return losses
-
-    def _skip_batch(
-        self, epoch_label: str, epoch_idx: int, batch_idx: int, steps_now: bool
-    ) -> None:
-        progress = self.state.progress
-        progress.nan_skips += 1
-        self.logger.info(
-            "%s batch %d: non-finite loss, batch skipped (%d so far)",
-            epoch_label,
-            batch_idx + 1,
-            progress.nan_skips,
-        )
-        if progress.nan_skips > self.config.max_nan_skips:
-            raise self.stopper.diverged(loss_became_non_finite(epoch_idx, batch_idx))
-        if self.ddp and steps_now:
-            self.dist.average_gradients(self.model)  # the group's earlier batches skipped theirs
-
-    def _optimizer_step(self, epoch_idx: int, at_epoch_end: bool) -> None:
-        """clip -> step -> zero the gradients -> per-step schedule -> weight average."""
-        config, state = self.config, self.state
-        if config.clip_grad is not None:
-            state.scaler.unscale_(state.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
-        every = config.histogram_every
-        if every and at_epoch_end and (epoch_idx + 1) % every == 0:
-            # Before the step: zero_grad(set_to_none) would take the gradients away.
-            self.recorder.histograms(
-                self.model,
-                epoch_idx + 1,
-                lambda: 1.0 if config.clip_grad is not None else state.scaler.get_scale(),
-            )
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
-        state.optimizer.zero_grad(set_to_none=True)
-        if config.sched.interval == "step":
-            state.scheduler.step()
-        state.progress.step += 1
-        if state.ema is not None:
-            state.ema.update(self.model, state.progress.step)
-
-    def _time_compilation(self, window: LossWindow) -> None:
-        """The first step compiles; it is timed apart so that throughput figures exclude it."""
-        window.flush()
-        self.logger.info(
-            "torch.compile warm-up: the first step took %.1fs", time.perf_counter() - window.started
-        )
-        self.compiled_warm = True
-        window.restart_clock()
-
-    def _report_interval(self, window: LossWindow, display: ProgressDisplay, label: str) -> None:
-        """The end of a --log-every interval: the window's one host sync, and its report."""
-        mean_loss, samples = window.flush()
-        if samples:
-            seconds = time.perf_counter() - window.started
-            display.report(label, mean_loss, samples / seconds)
-            self.recorder.step_loss(mean_loss, self.state.progress.step)
-        window.restart_clock()
-
-    def _checkpoint_or_stop_within_epoch(self, window: LossWindow) -> None:
-        step = self.state.progress.step
-        if not self.dist.enabled or step % self.config.log_every == 0:
-            self.stopper.agree()  # under torchrun a collective, so once per log interval
-        every = self.config.checkpoint_every_steps
-        if (every and step % every == 0) or self.stopper.signal is not None:
-            window.flush()  # never save a state that has taken a non-finite step
-            self._stop_if_requested()
-            self._save(checkpoint.LAST)
+    def _agreed_stop_request(self) -> str | None:
+        """The stop a callback asked for, as rank 0 heard it (every rank takes its word: the
+        callbacks that asked may run there only); logged once."""
+        reason = self.dist.run_on_main(lambda: self.stopper.stop_request)
+        if reason:
+            self.logger.info("stopping early: %s", reason)
+        return reason
 
     # --- evaluating, saving, stopping ----------------------------------------------------
 
-    def _evaluate(self, train_losses: dict[str, float], display: ProgressDisplay) -> None:
+    def _evaluate(self, display: ProgressDisplay) -> None:
         """Evaluate on the validation split, tell the listeners (the recorder writes the
-        row), and keep the best checkpoint."""
+        row, with the training losses' means since the last one), and keep the best
+        checkpoint."""
         config, state, progress = self.config, self.state, self.state.progress
         self.dist.sync_buffers(self.evaluated_model)
         result = evaluate_steps(
@@ -393,14 +317,14 @@ class Trainer:
         values = {f"val_{name}": value for name, value in result.losses.items()}
         values.update({f"val_{name}": value for name, value in result.metrics.items()})
         monitored = values[config.monitor]
-        if config.sched.interval == "eval":
-            state.scheduler.step(monitored)
+        state.step_eval_schedulers(monitored)
         improved = progress.record_evaluation(monitored, config.monitor_mode)
-        train_values = {f"train_{name}": value for name, value in train_losses.items()}
+        train_values = {f"train_{name}": value for name, value in self._train_means().items()}
+        progress.start_train_interval()
         row = {
             "epoch": progress.epoch,
             "step": progress.step,
-            "lr": state.lr,
+            **state.lr_columns(),
             **train_values,
             **values,
         }
@@ -411,6 +335,14 @@ class Trainer:
         self.events.emit("evaluation_end", row, improved)
         if improved:
             self._save(checkpoint.BEST)
+
+    def _train_means(self) -> dict[str, float]:
+        """The training losses' and metrics' means since the last evaluation."""
+        progress = self.state.progress
+        means = progress.train_mean_losses()
+        for name, (total, count) in progress.train_metric_sums.items():
+            means[name] = self.metrics[name].finalize(total, count)
+        return means
 
     def _save(self, name: str) -> None:
         """All ranks call it at the same step. Weights that are no longer finite are never
