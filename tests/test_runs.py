@@ -367,7 +367,10 @@ def test_early_stop_lr_stops_when_the_rate_is_low(train, tmp_path):
     assert train(*argv) == 0
     data = record(tmp_path / "outputs" / "lr")
     # lr 1e-3 -> 1e-4 -> 1e-5 -> 1e-6 -> 1e-7 < 1e-6 after epoch 4.
-    assert data["epochs_done"] == 4 and "fell below --callback.early-stopping.min-lr" in data["stop_reason"]
+    assert (
+        data["epochs_done"] == 4
+        and "fell below --callback.early-stopping.min-lr" in data["stop_reason"]
+    )
 
 
 def test_runtime_json_scales_the_learning_rate_from_the_next_epoch(train, tmp_path, monkeypatch):

@@ -92,7 +92,5 @@ class CallbackConfig(Component):
         raise NotImplementedError
 
 
-CALLBACKS: Registry[CallbackConfig] = Registry(
-    "callback", __name__, CallbackConfig, "--callbacks"
-)
+CALLBACKS: Registry[CallbackConfig] = Registry("callback", __name__, CallbackConfig, "--callbacks")
 register_callback = CALLBACKS.register

@@ -76,6 +76,8 @@ class LRRangeTest(Callback):
             write_table(trainer.run_dir / "lr_finder.csv", lrs, losses, smoothed)
             draw(trainer.run_dir / "lr_finder.png", lrs, smoothed, self.suggestion)
         self._report(trainer, len(lrs), seconds)
+        if self.options.apply and self.suggestion is not None:
+            self._apply(trainer)
 
     def _sweep(self, trainer) -> tuple[list[float], list[float]]:
         """The test's steps: each at its rate, on the next batches; returns the rates and
@@ -137,7 +139,7 @@ class LRRangeTest(Callback):
         options, logger = self.options, trainer.logger
         span = f"{steps} steps from lr {options.min_lr:g} to {options.max_lr:g} in {seconds:.1f}s"
         if self.suggestion is None:
-            logger.info("lr_finder: no suggestion (%s; the loss diverged at once)", span)
+            logger.info("lr_finder: no suggestion (%s: fewer than two finite losses)", span)
             return
         where = " (see lr_finder.png)" if trainer.dist.is_main else ""
         logger.info(
@@ -146,15 +148,17 @@ class LRRangeTest(Callback):
             span,
             where,
         )
-        if options.apply:
-            peak = peak_lr(trainer.state)
-            trainer.state.scale_lr(self.suggestion / peak)
-            logger.info(
-                "lr_finder: training with peak lr %.3g (the suggestion) instead of %g "
-                "(--callback.lr-finder.apply)",
-                self.suggestion,
-                peak,
-            )
+
+    def _apply(self, trainer) -> None:
+        """Every rate of the run scaled so that its peak is the suggestion."""
+        peak = peak_lr(trainer.state)
+        trainer.state.scale_lr(self.suggestion / peak)
+        trainer.logger.info(
+            "lr_finder: training with peak lr %.3g (the suggestion) instead of %g "
+            "(--callback.lr-finder.apply)",
+            self.suggestion,
+            peak,
+        )
 
     def state_dict(self) -> dict:
         return {"done": self.done, "suggestion": self.suggestion}
@@ -186,7 +190,8 @@ def state_put_back(trainer) -> Iterator[None]:
     """Within the block the test may train; afterwards the weights, the optimizers and
     their schedules, the gradient scaler, the random streams and the data order are as they
     were, so that the run trains as it would have without the test. (The weight average,
-    the progress and the records are not touched by the test.)"""
+    the progress and the records are not touched by the test, and its steps reach no
+    listener.)"""
     import numpy as np
     import torch
 
@@ -208,9 +213,13 @@ def state_put_back(trainer) -> Iterator[None]:
     streams = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     cuda_streams = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     was_training = trainer.runner.training
+    # A model that steps its own optimizers tells the listeners of each step (grad_norm
+    # would log the test's steps as the run's first ones): during the test nobody listens.
+    listeners, trainer.events = trainer.events, type(trainer.events)()
     try:
         yield
     finally:
+        trainer.events = listeners
         state.model.load_state_dict(weights)
         for name, (optimizer, scheduler) in optimizers.items():
             state.optimizers[name].optimizer.load_state_dict(optimizer)
@@ -275,6 +284,8 @@ def draw(path: Path, lrs: list[float], smoothed: list[float], suggestion: float 
         axis.legend()
     finite = [loss for loss in smoothed if math.isfinite(loss)]
     if finite:  # the diverged end would squash the curve: show up to twice its start
-        axis.set_ylim(min(finite) * 0.95, min(max(finite), 2 * finite[0]) * 1.05 + 1e-12)
+        top = min(max(finite), finite[0] + abs(finite[0]))
+        if top > min(finite):
+            axis.set_ylim(top=top + 0.05 * (top - min(finite)))
     figure.tight_layout()
     figure.savefig(path)

@@ -341,11 +341,7 @@ def _runs_to_train(
         if status == "finished":
             console.print(f"{label}: finished before; skipped")
             continue
-        if (
-            status == "damaged"
-            and checkpoint.exists()
-            and _rebuilt_record(run_dir, configs[name])
-        ):
+        if status == "damaged" and checkpoint.exists() and _rebuilt_record(run_dir, configs[name]):
             console.print(
                 f"{label}: damaged run.json, but its checkpoint holds the whole run; "
                 "recorded afresh from it, skipped"

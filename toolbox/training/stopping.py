@@ -1,6 +1,6 @@
 """When a run stops short of --epochs, and what it says then: stop signals agreed on by all
-ranks, stops asked for by callbacks (early stopping), divergence and lost processes; and runtime.json's lr_scale, the
-one setting a user may change while the run trains."""
+ranks, stops asked for by callbacks (early stopping), divergence and lost processes; and
+runtime.json's lr_scale, the one setting a user may change while the run trains."""
 
 from __future__ import annotations
 
