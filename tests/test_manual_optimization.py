@@ -209,3 +209,15 @@ def test_two_processes_average_each_optimizer_like_one_with_twice_the_batch(
     assert train(*common, "--batch-size", "16", "--run-name", "one") == 0
     assert_close_weights(tmp_path / "one", tmp_path / "two")
     assert checkpoint(tmp_path / "two")["progress"]["step"] == 2 * 18
+
+
+def test_test_py_evaluates_a_model_whose_evaluation_step_gives_no_per_sample_outputs(
+    train, evaluate, tmp_path, plugin
+):
+    assert train(*plugin, *FAST, "--epochs", "1", "--run-name", "plain") == 0
+    run_dir = tmp_path / "outputs" / "plain"
+    assert evaluate(str(run_dir)) == 0
+    evaluation = run_dir / "test"
+    with open(evaluation / "test_metrics.csv", newline="") as file:
+        assert {"loss", "first", "second"} <= set(next(csv.DictReader(file)))
+    assert not (evaluation / "test_predictions.csv").exists()

@@ -42,6 +42,8 @@ def evaluate_run(
     summary = {**result.losses, **result.metrics}
     columns = _named(result.predictions, splits, options.split)
     num_samples, written = _write_tables(summary, columns, out_dir, options.split)
+    if num_samples is None:
+        num_samples = splits.count(options.split)
     if result.tables:
         title = f"{config.arch} on {config.dataset}, {options.split} split"
         written += _write_class_tables(result, splits.info.class_names, out_dir, options, title)
@@ -150,13 +152,15 @@ def _write_csv(frame, path: Path, index: bool = False) -> Path:
 
 def _write_tables(
     summary: dict, columns: dict, out_dir: Path, split: str
-) -> tuple[int, list[Path]]:
+) -> tuple[int | None, list[Path]]:
     """``<split>_metrics.csv`` (one row) and ``<split>_predictions.csv`` (one row per sample,
-    a column per value, or per output of a multi-output value); returns the samples and
-    the files."""
+    a column per value, or per output of a multi-output value); returns the samples (None
+    without per-sample columns: no predictions file) and the files."""
     import pandas as pd
 
     metrics_csv = _write_csv(pd.DataFrame([summary]), out_dir / f"{split}_metrics.csv")
+    if not columns:  # an own evaluation step that gives no per-sample outputs
+        return None, [metrics_csv]
     predictions = {"index": range(len(next(iter(columns.values()))))}
     for key, values in columns.items():
         if not hasattr(values, "ndim"):  # names: a list of strings
