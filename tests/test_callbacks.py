@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 import torch
 
 from tests.test_resume import assert_resumes_like_a_straight_run, rows_without_timing
-from toolbox.callbacks import Callback, CallbackConfig, register_callback
+from toolbox.callbacks import CALLBACKS, Callback, CallbackConfig, register_callback
 
 # 320 samples, 10% held out for validation: 288 training samples, 9 batches of 32.
 BASE = ["--dataset", "synthetic", "--data.num-train", "320", "--data.num-test", "64"]
@@ -89,6 +91,16 @@ class StepCounterConfig(CallbackConfig):
 
     def build(self) -> Callback:
         return StepCounter(self.stop_at)
+
+
+@contextmanager
+def registered_for_this_test(name: str) -> Iterator[None]:
+    """A plugin file's callback is forgotten afterwards, as by a new process: other tests
+    may drop its module (tests.test_plugins.forget), whose class tyro could not read then."""
+    try:
+        yield
+    finally:
+        CALLBACKS._entries.pop(name, None)
 
 
 def rows(run_dir: Path) -> list[dict[str, str]]:
@@ -187,7 +199,7 @@ def test_a_plugin_file_adds_a_callback(train, tmp_path):
     plugin = tmp_path / "my_callbacks.py"
     plugin.write_text(
         "from dataclasses import dataclass\n"
-        "from toolbox.callbacks import Callback, CallbackConfig, register_callback\n\n"
+        "from toolbox.callbacks import CALLBACKS, Callback, CallbackConfig, register_callback\n\n"
         "class Marker(Callback):\n"
         "    def on_fit_end(self, trainer, status, reason, error):\n"
         "        (trainer.run_dir / 'marker.txt').write_text(status)\n\n"
@@ -198,7 +210,8 @@ def test_a_plugin_file_adds_a_callback(train, tmp_path):
         "        return Marker()\n"
     )
     argv = [*BASE, "--epochs", "1", "--plugins", str(plugin), "--callbacks", "test_plugin_marker"]
-    assert train(*argv, "--run-name", "plug") == 0
+    with registered_for_this_test("test_plugin_marker"):
+        assert train(*argv, "--run-name", "plug") == 0
     assert (tmp_path / "outputs" / "plug" / "marker.txt").read_text() == "finished"
 
 
@@ -291,14 +304,15 @@ def test_the_readme_callback_in_ten_lines_works_as_a_plugin(train, tmp_path):
     plugin = tmp_path / "my_callbacks.py"
     plugin.write_text(code)
     argv = [*BASE, "--epochs", "4", "--plugins", str(plugin), "--callbacks", "stop_at_accuracy"]
-    assert train(*argv, "--callback.stop-at-accuracy.target", "0", "--run-name", "ten") == 0
+    with registered_for_this_test("stop_at_accuracy"):
+        assert train(*argv, "--callback.stop-at-accuracy.target", "0", "--run-name", "ten") == 0
     data = record(tmp_path / "outputs" / "ten")
     assert data["epochs_done"] == 1 and data["stop_reason"] == "val_accuracy reached 0.0"
 
 
 RANKED_PLUGIN = """
 from dataclasses import dataclass
-from toolbox.callbacks import Callback, CallbackConfig, register_callback
+from toolbox.callbacks import CALLBACKS, Callback, CallbackConfig, register_callback
 
 class Marks(Callback):
     def __init__(self, stop_at_epoch):
@@ -344,3 +358,16 @@ def test_under_torchrun_callbacks_run_on_the_writing_rank_unless_declared_for_al
     assert marks == ["EveryRank0.txt", "EveryRank1.txt", "Marks0.txt"]
     assert all((run_dir / name).read_text() == "2" for name in marks)
     assert record(run_dir)["stop_reason"] == "asked on rank 0"
+
+
+def test_a_saved_config_loads_where_an_unselected_callback_is_not_registered():
+    from toolbox.config.plain import from_plain, to_plain
+    from toolbox.config.training import TrainingConfig
+    from toolbox.errors import UserError
+
+    plain = to_plain(TrainingConfig())
+    plain["callback"]["gone_callback"] = {"level": 1}  # saved where it was registered
+    assert from_plain(plain).callbacks == ()
+    plain["callbacks"] = ["gone_callback"]  # selected, it must be there
+    with pytest.raises(UserError, match="gone_callback"):
+        from_plain(plain)

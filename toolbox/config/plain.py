@@ -102,7 +102,9 @@ def from_plain(data: Any, source: str = "config") -> TrainingConfig:
             raise UserError(f"{source}: {registry.unknown_message(name)}")
         slots[slot] = _from_plain(registry.get(name), data.pop(slot, {}), f"{source}: {slot}")
     # With the plugins' callbacks' groups, which TrainingConfig's field type does not name.
-    options = _from_plain(callback_options_class(), data.pop("callback", {}), f"{source}: callback")
+    options_class = callback_options_class()
+    groups = _known_callback_groups(data, options_class)
+    options = _from_plain(options_class, groups, f"{source}: callback")
     # The components go in with their selectors: TrainingConfig checks that they agree.
     return _from_plain(TrainingConfig, data, source, callback=options, **slots)
 
@@ -116,3 +118,16 @@ def _with_early_stopping_as_a_callback(data: dict) -> dict:
         options = {"patience": patience, "min_lr": min_lr}
         data["callback"] = {**data.get("callback", {}), "early_stopping": options}
     return data
+
+
+def _known_callback_groups(data: dict, options_class: type) -> Any:
+    """The saved callback options, less the groups of callbacks that are neither known here
+    nor selected: a config saved where more callbacks were registered (by code that is not
+    a recorded plugin) holds their defaults, which this run does not use."""
+    groups = data.pop("callback", {})
+    if not isinstance(groups, dict):
+        return groups  # _from_plain says what is wrong with it
+    known = {f.name for f in dataclasses.fields(options_class)}
+    selected = data.get("callbacks", [])
+    selected = set(selected) if isinstance(selected, list) else set()
+    return {name: value for name, value in groups.items() if name in known | selected}
