@@ -398,3 +398,13 @@ def test_live_progress_on_a_terminal(tmp_path):
     # Progress lines are the bar's job on a terminal, but the log file keeps them.
     assert "step 5/18" not in shown
     assert "step 5/18" in (tmp_path / "tty" / "training.log").read_text()
+
+
+def test_only_metrics_that_are_sums_over_samples_are_scored_on_training_batches():
+    from toolbox.config.training import TrainingConfig
+    from toolbox.metrics import METRICS
+    from toolbox.training.recorder import train_metric_names
+
+    names = ("accuracy", "f1_macro", "auroc", "top5")
+    metrics = {name: METRICS.get(name)() for name in names}
+    assert train_metric_names(TrainingConfig(), metrics) == ["accuracy", "top5"]

@@ -33,6 +33,12 @@ class MetricConfig(Component):
     def finalize(self, total: float, count: int) -> float:
         return total / max(count, 1)
 
+    @property
+    def is_sum_over_samples(self) -> bool:
+        """Whether ``batch_sum`` gives the metric (it keeps no torchmetrics state), so that
+        it can be added up batch by batch anywhere, e.g. on the training batches."""
+        return type(self).make_state is MetricConfig.make_state
+
     def make_state(self, num_outputs: int, **options) -> torchmetrics.Metric | None:
         """For a metric that is not a sum over samples: a torchmetrics Metric that the
         evaluation updates with each batch's ``(output, target)`` (the model's float32

@@ -350,4 +350,4 @@ def train_metric_names(config: TrainingConfig, metrics: dict) -> list[str]:
     and a count over samples; the others (AUROC, F1) need the whole split at once."""
     if not config.train_metrics:
         return []
-    return [name for name, metric in metrics.items() if metric.make_state(2) is None]
+    return [name for name, metric in metrics.items() if metric.is_sum_over_samples]
